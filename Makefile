@@ -1,0 +1,42 @@
+# vlmlab: `make lab` to learn, `make test` to check everything. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PROFILE ?= cpu
+
+.PHONY: setup lab test run bench clean assign
+
+setup: $(VENV)/.installed
+
+# torch first (pinned CPU build), then the package with every extra, then the timm wheel
+# for its ImageNet class-name files only (timm itself needs torchvision: never imported).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[lab,real,test]"
+	$(PIP) --no-deps timm
+	$(PY) -m ipykernel install --sys-prefix --name vlmlab --display-name "vlmlab (Python)" >/dev/null
+	$(VENV)/bin/nbstripout --install --attributes .gitattributes 2>/dev/null || true
+	touch $@
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: setup
+	$(VENV)/bin/ruff check vlmlab tests bench
+	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+run: setup
+	$(PY) -m vlmlab run-all --profile $(PROFILE) --out runs/$(PROFILE)
+
+bench: setup
+	$(PY) bench/shapes_speed.py
+
+assign: setup
+	$(PY) -m vlmlab assign
+
+clean:
+	rm -rf $(VENV) runs assignments .pytest_cache
