@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -125,7 +125,7 @@ _TRAIN_COMBOS = tuple((s, c) for s in SHAPES for c in COLORS if (s, c) not in HE
 _HELDOUT_LIST = tuple(sorted(HELDOUT_COMBOS))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_polygon(shape: str) -> tuple[tuple[float, float], ...]:
     """Vertices of `shape` inside the unit circle, centred at the origin (y points down)."""
 
@@ -170,7 +170,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
 
 def render_array(scene: Scene, size: int = 64) -> np.ndarray:
     """The rendered scene as a uint8 array, (H, W, 3)."""
-    return np.asarray(render(scene, size))
+    return np.array(render(scene, size))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""Text from scene graphs: every caption, answer and negative must be exactly right."""
+
+from vlmlab.data.language import (
+    END_OF_CHUNK,
+    IMAGE_TOKEN,
+    NEGATIVE_KINDS,
+    NUMBER_WORDS,
+    QUESTION_TYPES,
+    answer_vocabulary,
+    caption,
+    captions,
+    fewshot_sequence,
+    hard_negatives,
+    instructions,
+    sample_vqa,
+    vqa_pairs,
+)
+from vlmlab.data.shapes import Obj, Scene, ShapesWorld
+
+
+def make_scene(*objs):
+    return Scene(tuple(objs), seed=0, split="train", index=0)
+
+
+STAR = Obj("star", "red", "large", 1, 0, 0.15, 0.5)
+CIRCLE = Obj("circle", "blue", "small", 1, 2, 0.85, 0.5)
+SQUARE = Obj("square", "blue", "small", 0, 2, 0.85, 0.15)
+
+
+def test_captions_of_a_hand_made_scene():
+    scene = make_scene(STAR, CIRCLE)
+    assert caption(scene) == "a large red star left of a small blue circle"
+    assert "a small blue circle right of a large red star" in captions(scene)
+    assert caption(make_scene(STAR)) == "a large red star"
+    assert caption(make_scene(STAR, SQUARE, CIRCLE)) == "a large red star, a small blue square and a small blue circle"
+
+
+def test_vertical_relation_when_objects_share_a_column():
+    assert caption(make_scene(SQUARE, CIRCLE)) == "a small blue square above a small blue circle"
+
+
+def test_vqa_answers_are_correct_for_a_hand_made_scene():
+    qa = {q.question: (q.answer, q.qtype) for q in vqa_pairs(make_scene(STAR, CIRCLE))}
+    assert qa["what color is the star?"] == ("red", "color")
+    assert qa["what shape is the blue object?"] == ("circle", "shape")
+    assert qa["what size is the circle?"] == ("small", "size")
+    assert qa["how many objects are there?"] == ("two", "count")
+    assert qa["where is the star relative to the circle?"] == ("left of", "position")
+    assert qa["is there a red star?"] == ("yes", "exists")
+    assert qa["is there a hexagon?"] == ("no", "exists")
+    assert qa["what color is the hexagon?"] == ("there is no hexagon", "absent")
+    assert qa["what size is the green star?"] == ("there is no green star", "absent")
+
+
+def test_ambiguous_references_are_never_asked():
+    # two small blue objects: "the blue object" is ambiguous, so no shape question may use it
+    questions = [q.question for q in vqa_pairs(make_scene(SQUARE, CIRCLE))]
+    assert "what shape is the blue object?" not in questions
+    assert "what shape is the small blue object?" not in questions
+
+
+def test_every_question_type_occurs_and_answers_are_in_the_vocabulary():
+    world, vocab, seen = ShapesWorld(seed=1), set(answer_vocabulary()), set()
+    for scene in world.scenes(300):
+        for qa in vqa_pairs(scene):
+            assert qa.answer in vocab, qa
+            seen.add(qa.qtype)
+        # the count answer matches the scene graph
+        assert {q.answer for q in vqa_pairs(scene) if q.question == "how many objects are there?"} == {
+            NUMBER_WORDS[len(scene)]}
+    assert seen == set(QUESTION_TYPES)
+
+
+def test_sample_vqa_is_deterministic_and_varied():
+    scene = ShapesWorld(seed=2).scene(5)
+    assert sample_vqa(scene, 4) == sample_vqa(scene, 4)
+    assert len({q.qtype for q in sample_vqa(scene, 4)}) == 4
+
+
+def test_hard_negatives_are_false_and_reuse_the_words():
+    scene = make_scene(STAR, CIRCLE)
+    negs = {n.kind: n.text for n in hard_negatives(scene)}
+    assert negs["attribute_swap"] == "a large blue star left of a small red circle"
+    assert negs["relation_swap"] == "a small blue circle left of a large red star"
+    assert negs["object_replacement"] != caption(scene)
+    world = ShapesWorld(seed=3)
+    for s in world.scenes(300):
+        for n in hard_negatives(s):
+            assert n.kind in NEGATIVE_KINDS and n.text not in captions(s)
+            if n.kind != "object_replacement":
+                assert sorted(n.text.split()) == sorted(caption(s).split())
+
+
+def test_fewshot_sequence_interleaves_images_and_chunks():
+    world = ShapesWorld(seed=4)
+    support, query = world.scenes(3), world.scene(10)
+    prompt, target = fewshot_sequence(support, query)
+    assert prompt.count(IMAGE_TOKEN) == 4 and prompt.count(END_OF_CHUNK) == 3
+    assert prompt.endswith(f"{IMAGE_TOKEN}Output:") and target == caption(query)
+    prompt, target = fewshot_sequence(support, query, "vqa")
+    assert prompt.endswith("Answer:") and target == sample_vqa(query)[0].answer
+
+
+def test_instructions_have_the_three_llava_kinds():
+    conv = instructions(ShapesWorld(seed=5).scene(1))
+    assert set(conv) == {"conversation", "detailed_description", "complex_reasoning"}
+    for turns in conv.values():
+        assert turns[0]["from"] == "human" and turns[0]["value"].startswith(IMAGE_TOKEN)
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)

@@ -1,0 +1,75 @@
+"""Datasets, collation with masks and -100 labels, step-indexed batches."""
+
+import pytest
+import torch
+
+from vlmlab.data.loaders import (
+    IGNORE_INDEX,
+    ShapesDataset,
+    StepBatches,
+    caption_collate,
+    encode_texts,
+    to_float,
+    vqa_collate,
+)
+from vlmlab.data.shapes import ShapesWorld, render_array
+from vlmlab.tokenizer import load_tokenizer
+
+TOK = load_tokenizer()
+WORLD = ShapesWorld(seed=0, image_size=32)
+
+
+def test_dataset_caches_uint8_images_matching_the_renderer():
+    ds = ShapesDataset(WORLD, "val", 20)
+    assert ds.images.shape == (20, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert torch.equal(ds.images[7].permute(1, 2, 0), torch.from_numpy(render_array(ds.scenes[7], 32)))
+
+
+def test_to_float_range():
+    x = to_float(torch.tensor([0, 255], dtype=torch.uint8))
+    assert x.tolist() == [-1.0, 1.0]
+
+
+def test_encode_texts_pads_masks_and_labels_only_targets():
+    batch = encode_texts(TOK, ["question: what color is the star? answer:", "q"], [" red", " there is no star"])
+    assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape
+    for row in range(2):
+        n = int(batch.attention_mask[row].sum())
+        assert (batch.input_ids[row, n:] == TOK.pad_token_id).all()
+        assert (batch.labels[row, n:] == IGNORE_INDEX).all()
+        targets = batch.labels[row][batch.labels[row] != IGNORE_INDEX]
+        assert targets[-1] == TOK.eos_token_id
+    assert TOK.decode(batch.labels[0][batch.labels[0] != IGNORE_INDEX][:-1]) == " red"
+
+
+def test_plain_lm_labels_equal_inputs_on_real_tokens():
+    batch = encode_texts(TOK, ["a red star", "a small blue circle left of a red star"])
+    real = batch.attention_mask.bool()
+    assert torch.equal(batch.labels[real], batch.input_ids[real])
+    assert batch.input_ids[0, 0] == TOK.bos_token_id
+
+
+def test_step_batches_are_a_function_of_seed_and_step():
+    ds = ShapesDataset(WORLD, "train", 30)
+    a = StepBatches(ds, 4, caption_collate(TOK), seed=1)
+    b = StepBatches(ds, 4, caption_collate(TOK), seed=1)
+    assert torch.equal(a(9)["index"], b(9)["index"])  # same step, same batch, any call order
+    assert not torch.equal(a(0)["index"], StepBatches(ds, 4, caption_collate(TOK), seed=2)(0)["index"])
+    epoch = torch.cat([a(s)["index"] for s in range(a.steps_per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch) == 28  # each item at most once per epoch
+
+
+def test_vqa_collate_uses_the_question_as_prompt():
+    ds = ShapesDataset(WORLD, "test", 8, task="vqa")
+    batch = StepBatches(ds, 8, vqa_collate(TOK))(0)
+    assert batch["images"].shape == (8, 3, 32, 32)
+    item = ds[int(batch["index"][0])]
+    answer = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX][:-1]
+    assert TOK.decode(answer).strip() == item["answer"]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="task='poems'"):
+        ShapesDataset(WORLD, "train", 5, task="poems")
+    with pytest.raises(ValueError, match="batch_size=10"):
+        StepBatches(ShapesDataset(WORLD, "train", 5), 10, caption_collate(TOK))

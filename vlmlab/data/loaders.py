@@ -1,0 +1,157 @@
+"""Datasets, collators and step-indexed batches. Introduced in notebook 00.
+
+`ShapesDataset` renders its scenes once and keeps them as one uint8 tensor, so an epoch
+costs no drawing. `StepBatches` turns a dataset into `batches(step) -> batch`: the batch of
+step k depends only on (seed, k), which is what lets `vlmlab.train.fit` resume exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .language import QA, caption, captions, hard_negatives, sample_vqa
+from .shapes import Scene, ShapesWorld, render_array
+
+TASKS = ("caption", "vqa", "negatives")
+IGNORE_INDEX = -100  # label value that cross-entropy skips
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """`n` scenes of one split with their text, images cached as uint8 [n, 3, H, W].
+
+    task='caption': item text is the canonical caption, or a paraphrase per item when
+    `paraphrase=True`; task='vqa': one question per scene; task='negatives': the caption
+    and its hard negatives (scenes with none are kept, with an empty list).
+    """
+
+    def __init__(self, world: ShapesWorld, split: str = "train", n: int = 1000, start: int = 0,
+                 task: str = "caption", paraphrase: bool = False):
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not one of {TASKS}")
+        if n < 1:
+            raise ValueError(f"n={n} must be >= 1")
+        self.world, self.split, self.task, self.paraphrase = world, split, task, paraphrase
+        self.scenes: list[Scene] = world.scenes(n, split, start)
+        pixels = np.stack([render_array(s, world.image_size) for s in self.scenes])  # [n, H, W, 3]
+        self.images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # [n, 3, H, W] uint8
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def text(self, i: int) -> str:
+        scene = self.scenes[i]
+        if not self.paraphrase:
+            return caption(scene)
+        return random.Random(f"para:{scene.seed}:{scene.split}:{scene.index}").choice(captions(scene))
+
+    def qa(self, i: int) -> QA:
+        return sample_vqa(self.scenes[i])[0]
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"index": i, "image": self.images[i]}
+        if self.task == "vqa":
+            qa = self.qa(i)
+            item.update(question=qa.question, answer=qa.answer, qtype=qa.qtype)
+        else:
+            item["text"] = self.text(i)
+        if self.task == "negatives":
+            item["negatives"] = [n.text for n in hard_negatives(self.scenes[i])]
+        return item
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] in 0..255 -> float in [-1, 1], the input every image encoder takes."""
+    return images.float().div(127.5).sub(1.0)
+
+
+@dataclass
+class TextBatch:
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long, 1 = real token
+    labels: torch.Tensor  # [B, T] long, IGNORE_INDEX where no loss is taken
+
+
+def encode_texts(tokenizer, prompts: Sequence[str], targets: Sequence[str] | None = None,
+                 max_length: int = 64, bos: bool = True, eos: bool = True) -> TextBatch:
+    """Tokenise `prompt + target` pairs, right-padded.
+
+    Labels are the input ids on the target tokens (and the final <eos>) and IGNORE_INDEX on
+    the prompt and the padding, so a loss on them teaches answering, not repeating the question.
+    With `targets=None` the whole text is the target (plain language modelling).
+    """
+    if targets is not None and len(targets) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    rows, label_rows = [], []
+    for k, prompt in enumerate(prompts):
+        p = ([tokenizer.bos_token_id] if bos else []) + tokenizer.encode(prompt)
+        t = tokenizer.encode(targets[k]) if targets is not None else []
+        t = t + ([tokenizer.eos_token_id] if eos else [])
+        ids = (p + t)[:max_length]
+        labels = (p + t if targets is None else [IGNORE_INDEX] * len(p) + t)[:max_length]
+        rows.append(ids)
+        label_rows.append(labels)
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, (ids, lab) in enumerate(zip(rows, label_rows)):
+        input_ids[k, : len(ids)] = torch.tensor(ids)
+        labels[k, : len(lab)] = torch.tensor(lab)
+        mask[k, : len(ids)] = 1
+    return TextBatch(input_ids, mask, labels)
+
+
+def _with_images(items: list[dict], text: TextBatch) -> dict:
+    """images uint8 [B, 3, H, W], index [B], input_ids / attention_mask / labels [B, T]."""
+    return {"images": torch.stack([it["image"] for it in items]), "index": torch.tensor([it["index"] for it in items]),
+            "input_ids": text.input_ids, "attention_mask": text.attention_mask, "labels": text.labels}
+
+
+def caption_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]:
+    """Collate ShapesDataset(task='caption') items into images + tokenised captions."""
+
+    def collate(items: list[dict]) -> dict:
+        return _with_images(items, encode_texts(tokenizer, [it["text"] for it in items], max_length=max_length))
+
+    return collate
+
+
+def vqa_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]:
+    """Collate ShapesDataset(task='vqa') items: the question is the prompt, the answer the target."""
+
+    def collate(items: list[dict]) -> dict:
+        prompts = [f"question: {it['question']} answer:" for it in items]
+        return _with_images(items, encode_texts(tokenizer, prompts, [" " + it["answer"] for it in items], max_length=max_length))
+
+    return collate
+
+
+class StepBatches:
+    """`batches(step) -> batch`, a pure function of (seed, step).
+
+    Each epoch visits every item once in an order drawn from (seed, epoch); the last
+    incomplete batch of an epoch is dropped so every batch has `batch_size` items.
+    """
+
+    def __init__(self, dataset, batch_size: int, collate: Callable[[list], dict], seed: int = 0):
+        if not 1 <= batch_size <= len(dataset):
+            raise ValueError(f"batch_size={batch_size} must be between 1 and the dataset size {len(dataset)}")
+        self.dataset, self.batch_size, self.collate, self.seed = dataset, batch_size, collate, seed
+        self.steps_per_epoch = len(dataset) // batch_size
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.dataset), generator=g))
+        return self._order[1]
+
+    def __call__(self, step: int) -> dict:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        idx = self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+        return self.collate([self.dataset[int(i)] for i in idx])
