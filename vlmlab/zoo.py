@@ -1,0 +1,245 @@
+"""The checkpoint store: safetensors for the tensors, a JSON record beside them. Introduced in notebook 01.
+
+A checkpoint called NAME is two files in one folder:
+
+    NAME.safetensors   the tensors (never pickle: loading runs no code)
+    NAME.json          {"name", "format": 1, "config", "metrics", "sha256", "created", "dtype"}
+
+`sha256` is the hash of the .safetensors file, so a corrupted or replaced file is caught on load,
+and `config` is how the model was built, so loading it into a different model says what differs.
+Both files are written atomically (temp file in the same folder, fsync, os.replace): an
+interrupted save leaves the previous checkpoint whole. Checkpoints shipped with the workbook live
+in `data/checkpoints/`; the ones you train go to the user cache (`$VLMLAB_CACHE`, default
+`~/.cache/vlmlab`), which is searched first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "data" / "checkpoints"
+FORMAT = 1
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is: corrupted, incomplete, or built with another config."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint of that name or path exists."""
+
+
+def user_cache() -> Path:
+    """`$VLMLAB_CACHE`, or `~/.cache/vlmlab` when it is not set."""
+    return Path(os.environ.get("VLMLAB_CACHE") or Path.home() / ".cache" / "vlmlab")
+
+
+def user_checkpoints() -> Path:
+    return user_cache() / "checkpoints"
+
+
+def _show(path: Path) -> str:
+    """A path as messages print it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+# ---- low-level helpers, also used by vlmlab.train ----
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_tensors(tensors: dict) -> None:
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(t).__name__}; a checkpoint holds only torch tensors")
+
+
+def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save tensors as safetensors, atomically. Each tensor is copied to a contiguous CPU tensor of
+    its own, so views, transposes and tensors sharing storage (tied weights) are all fine."""
+    _check_tensors(tensors)
+    tensors = {k: t.detach().cpu().clone(memory_format=torch.contiguous_format) for k, t in tensors.items()}
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_sha256(path: str | Path, expected: str) -> None:
+    """Raise CheckpointError when the file's sha256 is not `expected`."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{_show(path)}: sha256 differs from its record (expected {expected[:12]}…, file has {actual[:12]}…): "
+            "the file is corrupted or was replaced; delete it and save it again (shipped checkpoints come from notebook 01)"
+        )
+
+
+# ---- save / find / load ----
+
+def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict, metrics: dict | None = None,
+                    root: str | Path | None = None, dtype: torch.dtype | str | None = None) -> Path:
+    """Save `state_dict` as `root/NAME.safetensors` + `root/NAME.json` (root: the user cache).
+
+    `dtype` (e.g. torch.float16 or "fp16", used for shipped checkpoints) casts the floating tensors;
+    integer tensors are kept as they are. Returns the path of the .safetensors file.
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith((".safetensors", ".json")):
+        raise ValueError(f"name={name!r} is not a valid checkpoint name: use letters, digits, '.', '_' and '-' "
+                         "(e.g. 'tiny-vit'), without a file extension")
+    _check_tensors(state_dict)
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype!r} is not allowed: use one of {sorted(DTYPES)} or a floating torch.dtype")
+    if dtype is not None:
+        state_dict = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state_dict.items()}
+    record = {"name": name, "format": FORMAT, "config": config, "metrics": metrics or {}}
+    try:
+        json.dumps(record)  # fail before writing anything
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint {name!r}: config and metrics must be JSON values (numbers, strings, lists, dicts): "
+                        f"{e}") from e
+
+    folder = Path(root) if root is not None else user_checkpoints()
+    path = write_safetensors_atomic(state_dict, folder / f"{name}.safetensors")
+    floating = sorted({str(t.dtype).removeprefix("torch.") for t in state_dict.values() if t.is_floating_point()})
+    record |= {"sha256": sha256_file(path), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "dtype": ",".join(floating) or None}
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    return path
+
+
+def find_checkpoint(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """The .safetensors file of a checkpoint: an explicit path (with or without extension), or a name
+    looked up in `root`, else in the user cache and then in the shipped checkpoints."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or os.sep in text or text.endswith((".safetensors", ".json")):
+        path = Path(text.removesuffix(".json").removesuffix(".safetensors") + ".safetensors")
+        if not path.exists():
+            raise CheckpointNotFound(f"checkpoint file {_show(path)} does not exist")
+        return path
+    folders = _folders(root)
+    for folder in folders:
+        if (folder / f"{text}.safetensors").exists():
+            return folder / f"{text}.safetensors"
+    where = {"user": "user cache, set by $VLMLAB_CACHE", "shipped": "shipped", "root": "the root you gave"}
+    searched = " and ".join(f"{_show(f)} ({where[_location(f)]})" for f in folders)
+    raise CheckpointNotFound(f"no checkpoint {text!r}: looked for {text}.safetensors in {searched}; "
+                             "vlmlab.zoo.list_checkpoints() shows what exists, notebook 01 makes the shipped ones")
+
+
+def _folders(root: str | Path | None) -> list[Path]:
+    """Where names are looked up: `root` alone when given, else the user cache, then the shipped ones."""
+    return [Path(root)] if root is not None else [user_checkpoints(), SHIPPED]
+
+
+def _location(folder: Path) -> str:
+    """'user', 'shipped' or 'root' (a folder given by the caller)."""
+    folder = Path(folder).resolve()
+    return "shipped" if folder == SHIPPED.resolve() else "user" if folder == user_checkpoints().resolve() else "root"
+
+
+def read_record(path: str | Path) -> dict:
+    """The JSON record beside a .safetensors file, plus 'path' and 'location'; checks the sha256."""
+    path = Path(path)
+    json_path = path.with_suffix(".json")
+    if not json_path.exists():
+        raise CheckpointError(f"{_show(path)} has no record {json_path.name} beside it: the save was interrupted or "
+                              "the file was not made by save_checkpoint; save it again")
+    try:
+        record = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{_show(json_path)} is not valid JSON ({e}); delete the checkpoint and save it again") from e
+    if record.get("format") != FORMAT:
+        raise CheckpointError(f"{_show(json_path)} has format {record.get('format')!r}; this vlmlab reads format {FORMAT}")
+    check_sha256(path, record["sha256"])
+    return record | {"path": str(path), "location": _location(path.parent)}
+
+
+def load_checkpoint(name_or_path: str | Path, expected_config: dict | None = None,
+                    root: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a checkpoint after checking its sha256 and, when given, that its config is `expected_config`.
+
+    Returns (state_dict, record). Raises CheckpointNotFound / CheckpointError with what to do.
+    """
+    path = find_checkpoint(name_or_path, root)
+    record = read_record(path)
+    if expected_config is not None:
+        expected = json.loads(json.dumps(expected_config))  # tuples become lists, as they are in the record
+        saved = record["config"]
+        show = lambda d, k: repr(d[k]) if k in d else "(absent)"
+        absent = object()
+        differs = [k for k in sorted(saved.keys() | expected.keys()) if saved.get(k, absent) != expected.get(k, absent)]
+        diffs = [f"{k}: checkpoint has {show(saved, k)}, you asked for {show(expected, k)}" for k in differs]
+        if diffs:
+            raise CheckpointError(f"config differs from {_show(path.with_suffix('.json'))}: " + "; ".join(diffs))
+    return load_file(path), record
+
+
+# ---- inventory ----
+
+def list_checkpoints(root: str | Path | None = None) -> list[dict]:
+    """Records of every checkpoint (user cache first, then shipped), each with 'path' and 'location'.
+    A checkpoint that fails its checks is listed with an 'error' instead of its record."""
+    records = []
+    for folder in _folders(root):
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                records.append(read_record(path))
+            except CheckpointError as e:
+                records.append({"name": path.stem, "path": str(path), "location": _location(folder), "error": str(e)})
+    return records
+
+
+def verify_all(root: str | Path | None = None) -> list[tuple[str, bool, str]]:
+    """(name, ok, message) for every checkpoint, including records whose .safetensors is missing."""
+    results = []
+    for folder in _folders(root):
+        names = sorted({p.stem for p in folder.glob("*.safetensors")} | {p.stem for p in folder.glob("*.json")})
+        for name in names:
+            path = folder / f"{name}.safetensors"
+            if not path.exists():
+                results.append((name, False, f"{_show(path)} is missing but its record {name}.json exists"))
+                continue
+            try:
+                read_record(path)
+                results.append((name, True, "ok"))
+            except CheckpointError as e:
+                results.append((name, False, str(e)))
+    return results
