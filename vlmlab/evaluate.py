@@ -1,0 +1,259 @@
+"""Metrics for every task of the workbook: retrieval, zero-shot, VQA, captions, attributes, compositionality.
+
+Introduced in notebook 00. Everything here works on tensors and strings and knows no model or strategy,
+so every notebook and the showdown score their outputs with the same code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+from .data.language import NUMBER_WORDS, plural
+from .data.shapes import COLORS, SHAPES, SIZES, Scene
+
+# ---------------------------------------------------------------- retrieval and zero-shot
+
+
+def _recall_from_mask(similarity: torch.Tensor, correct: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """R@k from scores [Nq, Nc] and a boolean mask [Nq, Nc] of the correct candidates.
+
+    A query's rank is the number of wrong candidates scoring at least as high as its best correct one,
+    so ties count against the query: a collapsed model (all scores equal) gets no free hits.
+    """
+    if not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ValueError(f"ks={ks!r}: every k must be an int >= 1")
+    if not bool(correct.any(dim=1).all()):
+        raise ValueError("every query needs at least one correct candidate")
+    best = similarity.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)  # [Nq, 1]
+    rank = ((similarity >= best) & ~correct).sum(dim=1)  # [Nq]
+    n_candidates = similarity.shape[1]
+    return {f"r{k}": (rank < min(k, n_candidates)).float().mean().item() for k in ks}
+
+
+def retrieval_recall(similarity: torch.Tensor, ks: Sequence[int] = (1, 5, 10), targets=None) -> dict[str, float]:
+    """Recall@k: the fraction of queries with a correct candidate among the k best scored.
+
+    similarity: [Nq, Nc]; targets[i] is query i's correct candidate (an int) or candidates (a set of ints),
+    by default i. k larger than Nc is clipped to Nc (so R@k is then 1). Returns {"r1": ..., "r5": ...}.
+    """
+    if similarity.dim() != 2:
+        raise ValueError(f"similarity must be 2-D [queries, candidates], got shape {tuple(similarity.shape)}")
+    n_queries, n_candidates = similarity.shape
+    if targets is None:
+        if n_queries > n_candidates:
+            raise ValueError(f"default targets (query i -> candidate i) need Nq <= Nc, got {n_queries} > {n_candidates}")
+        targets = range(n_queries)
+    if len(targets) != n_queries:
+        raise ValueError(f"targets has {len(targets)} entries, similarity has {n_queries} queries")
+    correct = torch.zeros(n_queries, n_candidates, dtype=torch.bool)
+    for i, target in enumerate(targets):
+        for j in target if isinstance(target, (set, frozenset, list, tuple)) else [int(target)]:
+            if not 0 <= j < n_candidates:
+                raise ValueError(f"targets[{i}] = {j} is outside the {n_candidates} candidates")
+            correct[i, j] = True
+    return _recall_from_mask(similarity.float().cpu(), correct, ks)
+
+
+def retrieval_metrics(image_emb, text_emb, ks: Sequence[int] = (1, 5, 10), text_to_image=None) -> dict[str, float]:
+    """Image->text and text->image R@k from the cosine similarity of the embeddings.
+
+    image_emb: [Ni, D], text_emb: [Nt, D]. text_to_image: LongTensor [Nt], the image of each text
+    (several captions per image); by default text i belongs to image i. Image->text counts a hit
+    when any of the image's texts is in the top k. Keys "i2t_r1", ..., "t2i_r1", ...
+    """
+    image_emb, text_emb = torch.as_tensor(image_emb).float().cpu(), torch.as_tensor(text_emb).float().cpu()
+    if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"need image_emb [Ni, D] and text_emb [Nt, D], got {tuple(image_emb.shape)}, {tuple(text_emb.shape)}")
+    n_images, n_texts = len(image_emb), len(text_emb)
+    if text_to_image is None:
+        if n_images != n_texts:
+            raise ValueError(f"{n_images} images and {n_texts} texts: pass text_to_image to pair them")
+        text_to_image = torch.arange(n_texts)
+    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long).cpu()
+    if text_to_image.shape != (n_texts,) or not bool(((text_to_image >= 0) & (text_to_image < n_images)).all()):
+        raise ValueError(f"text_to_image must be [{n_texts}] image indices in [0, {n_images}), got {text_to_image.tolist()}")
+    similarity = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T  # [Ni, Nt]
+    correct = text_to_image[None, :] == torch.arange(n_images)[:, None]  # [Ni, Nt]
+    i2t = _recall_from_mask(similarity, correct, ks)
+    t2i = _recall_from_mask(similarity.T, correct.T, ks)
+    return {f"i2t_{k}": v for k, v in i2t.items()} | {f"t2i_{k}": v for k, v in t2i.items()}
+
+
+def zero_shot_predict(image_emb, class_emb) -> torch.Tensor:
+    """The class whose embedding is most cosine-similar to each image: [N, D], [C, D] -> LongTensor [N]."""
+    image_emb, class_emb = torch.as_tensor(image_emb).float(), torch.as_tensor(class_emb).float()
+    if image_emb.dim() != 2 or class_emb.dim() != 2 or image_emb.shape[1] != class_emb.shape[1]:
+        raise ValueError(f"need image_emb [N, D] and class_emb [C, D], got {tuple(image_emb.shape)}, {tuple(class_emb.shape)}")
+    return (F.normalize(image_emb, dim=-1) @ F.normalize(class_emb, dim=-1).T).argmax(dim=1).cpu()
+
+
+def zero_shot_accuracy(image_emb, class_emb, labels) -> float:
+    """Fraction of images whose nearest class embedding is their label (labels: [N] class indices)."""
+    predictions = zero_shot_predict(image_emb, class_emb)
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(predictions.shape)}")
+    return (predictions == labels).float().mean().item()
+
+
+# ---------------------------------------------------------------- visual question answering
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, trim, drop trailing punctuation, collapse spaces, drop one leading article (a/an/the),
+    and spell a lone digit as its word ('2' -> 'two', as the world's answers are written)."""
+    text = " ".join(text.lower().strip().rstrip(".?!,;:").split())
+    text = re.sub(r"^(a|an|the) ", "", text)
+    return NUMBER_WORDS[int(text)] if text.isdigit() and len(text) == 1 else text
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str], qtypes: Sequence[str] | None = None) -> dict:
+    """Exact-match accuracy after `normalize_answer` (one true answer per question, so no VQAv2 voting).
+
+    Returns {"overall", "count", "by_type": {qtype: accuracy}, "counts": {qtype: n}}.
+    """
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError(f"need as many predictions as answers (at least one), got {len(predictions)} and {len(answers)}")
+    qtypes = ["all"] * len(answers) if qtypes is None else qtypes
+    if len(qtypes) != len(answers):
+        raise ValueError(f"qtypes has {len(qtypes)} entries, answers has {len(answers)}")
+    right = [normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)]
+    counts, hits = Counter(qtypes), Counter(t for t, r in zip(qtypes, right) if r)
+    by_type = {t: hits[t] / n for t, n in sorted(counts.items())}
+    return {"overall": sum(right) / len(right), "count": len(right), "by_type": by_type, "counts": dict(sorted(counts.items()))}
+
+
+# ---------------------------------------------------------------- captions
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase words (runs of letters and digits); punctuation is dropped, as COCO's PTB tokenizer drops it."""
+    return re.findall(r"\w+", text.lower())
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus BLEU-4, ROUGE-L and CIDEr (pycocoevalcap's scorers, our `tokenize` instead of the Java PTB one).
+
+    references[i] holds one or more reference captions for predictions[i]. CIDEr weighs n-grams by an
+    IDF computed from the references of this corpus: n-grams found in every image's references weigh
+    nothing, and a corpus of one image scores CIDEr 0. CIDEr here is CIDEr-D, scaled by 10 as in COCO.
+    """
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need one list of references per prediction (at least one), got {len(predictions)}, {len(references)}")
+    if not all(isinstance(refs, (list, tuple)) and refs for refs in references):
+        raise ValueError("every entry of references must be a non-empty list of strings")
+    res = {i: [" ".join(tokenize(p))] for i, p in enumerate(predictions)}
+    gts = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in enumerate(references)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)  # verbose=0: no prints
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider": float(cider)}
+
+
+# ---------------------------------------------------------------- attribute F1 against the scene graph
+
+SYNONYMS = {"big": "large", "little": "small", "tiny": "small"}
+_SHAPE_WORDS = {s: s for s in SHAPES} | {plural(s): s for s in SHAPES}
+
+
+def parse_objects(caption: str) -> list[tuple[str | None, str | None, str]]:
+    """The (size, colour, shape) of each object a caption names, read left to right.
+
+    A size or colour word describes the next shape word if only sizes, colours or a number word come
+    between them; any other word forgets them. Shape words may be plural ("stars"); a number word
+    before the phrase ("two red stars") repeats the object. Synonyms: big -> large, little/tiny -> small.
+    """
+    objects, size, color, count = [], None, None, 1
+    for word in tokenize(caption):
+        word = SYNONYMS.get(word, word)
+        if word in SIZES:
+            size = word
+        elif word in COLORS:
+            color = word
+        elif word in NUMBER_WORDS:
+            count = NUMBER_WORDS.index(word)
+        elif word in _SHAPE_WORDS:
+            objects += [(size, color, _SHAPE_WORDS[word])] * count
+            size, color, count = None, None, 1
+        else:
+            size, color, count = None, None, 1
+    return objects
+
+
+def _facts(objects) -> Counter:
+    """A multiset of facts: ("shape", s), ("color", c, s), ("size", z, s); duplicates count."""
+    facts = Counter()
+    for size, color, shape in objects:
+        facts[("shape", shape)] += 1
+        if color is not None:
+            facts[("color", color, shape)] += 1
+        if size is not None:
+            facts[("size", size, shape)] += 1
+    return facts
+
+
+def caption_facts(caption: str) -> Counter:
+    """The facts a caption states, as a Counter (see `parse_objects`)."""
+    return _facts(parse_objects(caption))
+
+
+def scene_facts(scene: Scene) -> Counter:
+    """The facts of a scene graph: three per object."""
+    return _facts((o.size, o.color, o.shape) for o in scene.objects)
+
+
+def attribute_f1(captions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
+    """Micro-averaged precision, recall and F1 of the facts in generated captions (one caption per scene).
+
+    Facts are matched as multisets over the whole corpus. A caption that names no object adds no
+    predicted facts (it cannot hurt precision) but all of its scene's facts count as missed (recall).
+    Precision is 0 when the corpus states no fact at all. Of `captions(scene)`, every template carries all
+    facts except "there are N shapes" (scenes of 3-4 objects), which names none.
+    """
+    if len(captions) != len(scenes) or not scenes:
+        raise ValueError(f"need one caption per scene (at least one), got {len(captions)} and {len(scenes)}")
+    hits = predicted = gold = 0
+    for text, scene in zip(captions, scenes):
+        said, true = caption_facts(text), scene_facts(scene)
+        hits += sum((said & true).values())
+        predicted += sum(said.values())
+        gold += sum(true.values())
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / gold
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# ---------------------------------------------------------------- compositionality probes
+
+
+def paired_choice_accuracy(score_pos, score_neg) -> float:
+    """Fraction of pairs where the true caption scores strictly higher than its hard negative (ties are wrong)."""
+    score_pos, score_neg = torch.as_tensor(score_pos).float(), torch.as_tensor(score_neg).float()
+    if score_pos.shape != score_neg.shape or score_pos.numel() == 0:
+        shapes = f"{tuple(score_pos.shape)}, {tuple(score_neg.shape)}"
+        raise ValueError(f"score_pos and score_neg need the same non-empty shape, got {shapes}")
+    return (score_pos > score_neg).float().mean().item()
+
+
+def group_scores(s) -> dict[str, float]:
+    """Winoground's text, image and group scores (Thrush et al. 2022).
+
+    s: [N, 2, 2], s[n, i, j] = score(image_i, caption_j), matched pairs on the diagonal.
+    text: each image prefers its own caption; image: each caption prefers its own image; group: both.
+    """
+    s = torch.as_tensor(s).float()
+    if s.dim() != 3 or s.shape[1:] != (2, 2):
+        raise ValueError(f"s must have shape [N, 2, 2], got {tuple(s.shape)}")
+    text = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    mean = lambda hits: hits.float().mean().item()
+    return {"text": mean(text), "image": mean(image), "group": mean(text & image)}
