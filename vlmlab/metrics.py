@@ -1,0 +1,99 @@
+"""Headline numbers of a notebook run, collected for `python -m vlmlab report`. Introduced in notebook 00.
+
+    metrics.record(zero_shot_acc=0.83, recall_at_5=0.97, decode="greedy")
+
+keeps the values in this process and, when the notebook runs headless (`python -m vlmlab run` sets
+`VLMLAB_RUN_DIR`), merges them into `$VLMLAB_RUN_DIR/metrics.json`, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MAX_TEXT = 200  # a metric string is a label ("greedy", "tiny-vit"), not a report
+_recorded: dict = {}
+
+
+def _check(name: str, value):
+    """`value` as a plain JSON value (bool, int, float or short str), or ValueError naming the metric."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name}={value!r} is not a finite number")
+        return float(value)
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT or "\n" in value:
+            raise ValueError(f"metric {name}={value[:40]!r}... is not a short one-line string (at most {MAX_TEXT} characters)")
+        return value
+    hint = " (use .item())" if hasattr(value, "item") else ""
+    raise ValueError(f"metric {name}={value!r:.60} must be a finite number, a bool or a short string, "
+                     f"not {type(value).__name__}{hint}")
+
+
+def _peak_gpu_mb() -> float | None:
+    """torch.cuda.max_memory_allocated in MiB when this process uses CUDA (torch is never imported just for this)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """The JSON object in `path`, {} when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object of metrics")
+    return data
+
+
+def record(**metrics) -> dict:
+    """Check and keep `metrics`; merge them into $VLMLAB_RUN_DIR/metrics.json when that is set. Returns all so far."""
+    checked = {name: _check(name, value) for name, value in metrics.items()}
+    _recorded.update(checked)
+    peak = _peak_gpu_mb()
+    if peak is not None:
+        _recorded["peak_gpu_mb"] = peak
+    run_dir = os.environ.get("VLMLAB_RUN_DIR")
+    if run_dir:
+        path = Path(run_dir) / "metrics.json"
+        write_json_atomic(path, {**read_json(path), **_recorded})
+    return dict(_recorded)
+
+
+def recorded() -> dict:
+    """Every metric recorded in this process so far."""
+    return dict(_recorded)
