@@ -15,7 +15,7 @@ from vlmlab.data.language import (
     sample_vqa,
     vqa_pairs,
 )
-from vlmlab.data.shapes import Obj, Scene, ShapesWorld
+from vlmlab.data.shapes import HELDOUT_COMBOS, SHAPES, TRAIN_COMBOS, Obj, Scene, ShapesWorld
 
 
 def make_scene(*objs):
@@ -43,13 +43,31 @@ def test_vqa_answers_are_correct_for_a_hand_made_scene():
     qa = {q.question: (q.answer, q.qtype) for q in vqa_pairs(make_scene(STAR, CIRCLE))}
     assert qa["what color is the star?"] == ("red", "color")
     assert qa["what shape is the blue object?"] == ("circle", "shape")
-    assert qa["what size is the circle?"] == ("small", "size")
+    assert qa["what size is the blue circle?"] == ("small", "size")
     assert qa["how many objects are there?"] == ("two", "count")
     assert qa["where is the star relative to the circle?"] == ("left of", "position")
     assert qa["is there a red star?"] == ("yes", "exists")
     assert qa["is there a hexagon?"] == ("no", "exists")
     assert qa["what color is the hexagon?"] == ("there is no hexagon", "absent")
     assert qa["what size is the green star?"] == ("there is no green star", "absent")
+
+
+def test_question_wording_never_gives_away_that_an_object_is_absent():
+    answers_by_question = {}
+    for scene in ShapesWorld(seed=6).scenes(1500):
+        for qa in vqa_pairs(scene):
+            answers_by_question.setdefault(qa.question, set()).add(qa.answer.startswith("there is no"))
+    # held-out colour-shape pairs never occur in training scenes, so only they may always be absent
+    heldout = {f"what size is the {c} {s}?" for s, c in HELDOUT_COMBOS}
+    absent_questions = [q for q, kinds in answers_by_question.items() if True in kinds and q not in heldout]
+    assert len(absent_questions) == len(SHAPES) + len(TRAIN_COMBOS)  # "what color is the {s}?", "what size is the {c} {s}?"
+    assert all(answers_by_question[q] == {True, False} for q in absent_questions)
+
+
+def test_sampled_existence_questions_are_balanced():
+    world = ShapesWorld(seed=8)
+    answers = [qa.answer for s in world.scenes(2000) for qa in sample_vqa(s, 7) if qa.qtype == "exists"]
+    assert 0.45 < answers.count("yes") / len(answers) < 0.55
 
 
 def test_ambiguous_references_are_never_asked():

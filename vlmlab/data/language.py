@@ -76,8 +76,13 @@ def _unique(objs: tuple[Obj, ...], obj: Obj, fields: tuple[str, ...]) -> bool:
 
 
 def _name(objs: tuple[Obj, ...], obj: Obj, without: str) -> str | None:
-    """The shortest description of `obj` that singles it out and does not use `without`."""
+    """The shortest description of `obj` that singles it out and does not use `without`.
+
+    Size questions name the object by colour and shape first, the same form the absent-object size
+    questions use, so the wording of a question never gives away whether its object exists."""
     options = [("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape")]
+    if without == "size":
+        options = [("color", "shape"), ("shape",)]
     if without == "shape":
         options = [("color",), ("size", "color")]
     for fields in options:
@@ -108,29 +113,39 @@ def vqa_pairs(scene: Scene) -> list[QA]:
             np_, nq = _name(objs, p, ""), _name(objs, q, "")
             if np_ and nq:
                 out.append(QA(f"where is the {np_} relative to the {nq}?", relation(p, q), "position"))
+    # existence and absence: present and absent objects are asked about in the same words
     present = {(o.color, o.shape) for o in objs}
-    for o in objs:
-        out.append(QA(f"is there a {o.color} {o.shape}?", "yes", "exists"))
-    missing_shapes = [s for s in SHAPES if s not in shapes]
-    for s in missing_shapes:
-        out.append(QA(f"is there a {s}?", "no", "exists"))
-        out.append(QA(f"what color is the {s}?", f"there is no {s}", "absent"))
+    for s in SHAPES:
+        out.append(QA(f"is there a {s}?", "yes" if s in shapes else "no", "exists"))
+        if s not in shapes:
+            out.append(QA(f"what color is the {s}?", f"there is no {s}", "absent"))
     for c in COLORS:
         for s in SHAPES:
-            if (c, s) not in present and s in shapes:
+            if (c, s) in present:
+                out.append(QA(f"is there a {c} {s}?", "yes", "exists"))
+            elif s in shapes:  # the shape is here, in another colour: a binding test
+                out.append(QA(f"is there a {c} {s}?", "no", "exists"))
                 out.append(QA(f"what size is the {c} {s}?", f"there is no {c} {s}", "absent"))
     return out
 
 
 def sample_vqa(scene: Scene, k: int = 1, salt: str = "") -> list[QA]:
-    """`k` questions of distinct types where possible, chosen deterministically per scene."""
+    """`k` questions of distinct types where possible, chosen deterministically per scene.
+
+    Within a type the answer is drawn first, then a question with that answer, so yes and no are
+    equally likely and no answer is favoured just because more questions lead to it."""
     rng = random.Random(f"vqa:{scene.seed}:{scene.split}:{scene.index}:{salt}")
     by_type: dict[str, list[QA]] = {}
     for qa in vqa_pairs(scene):
         by_type.setdefault(qa.qtype, []).append(qa)
     types = list(by_type)
     rng.shuffle(types)
-    return [rng.choice(by_type[types[i % len(types)]]) for i in range(k)]
+    picked = []
+    for i in range(k):
+        qas = by_type[types[i % len(types)]]
+        answer = rng.choice(sorted({qa.answer for qa in qas}))
+        picked.append(rng.choice([qa for qa in qas if qa.answer == answer]))
+    return picked
 
 
 def answer_vocabulary() -> list[str]:

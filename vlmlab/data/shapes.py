@@ -109,7 +109,7 @@ def sample_scene(
         if k == heldout_slot:
             shape, color = rng.choice(_HELDOUT_LIST)
         else:
-            shape, color = rng.choice(_TRAIN_COMBOS)
+            shape, color = rng.choice(TRAIN_COMBOS)
         size = rng.choice(SIZES)
         row, col = divmod(cell, GRID)
         # jitter the centre inside its cell, leaving room for the largest object
@@ -121,7 +121,7 @@ def sample_scene(
     return Scene(tuple(objects), seed, split, index)
 
 
-_TRAIN_COMBOS = tuple((s, c) for s in SHAPES for c in COLORS if (s, c) not in HELDOUT_COMBOS)
+TRAIN_COMBOS = tuple((s, c) for s in SHAPES for c in COLORS if (s, c) not in HELDOUT_COMBOS)
 _HELDOUT_LIST = tuple(sorted(HELDOUT_COMBOS))
 
 

@@ -1,0 +1,33 @@
+"""Every notebook runs top to bottom with PROFILE="smoke" (papermill, into a temp dir)."""
+
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_smoke_profile(notebook, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMLAB_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out = tmp_path / notebook.name
+    pm.execute_notebook(str(notebook), str(out), parameters={"PROFILE": "smoke"}, cwd=str(notebook.parent),
+                        progress_bar=False, kernel_name="python3")
+    assert out.exists()
+    assert (tmp_path / "metrics.json").exists(), "the notebook should record its headline metrics"
+
+
+def test_every_notebook_has_a_parameters_cell_with_the_common_knobs():
+    import nbformat
+
+    assert NOTEBOOKS, "no notebooks found"
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, path.name
+        for name in ("PROFILE", "SEED", "TRAIN"):
+            assert f"{name} =" in cells[0].source, f"{path.name}: parameters cell lacks {name}"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"

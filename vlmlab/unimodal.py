@@ -1,0 +1,149 @@
+"""Unimodal pre-training of the tiny backbones: what notebook 01 trains and how it is measured.
+
+Introduced in notebook 01. Three objectives, one per backbone:
+
+* tiny ViT, **scene parsing**: for each of the 3x3 grid cells, predict the shape, colour and size of the
+  object there (or "empty"). The labels come free from the scene graph, and solving them needs exactly
+  what later notebooks ask of an image encoder: what is where, in which colour and size.
+* tiny GPT, **caption language modelling** (SimVLM's text-only first stage), measured against the exact
+  entropy of the caption grammar (`caption_log_prob`): no model can beat that perplexity.
+* tiny BERT, **masked language modelling** on captions and questions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.language import caption, vqa_pairs
+from .data.loaders import encode_texts, to_float
+from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene
+from .nn import mask_tokens
+
+ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
+N_CELLS = GRID * GRID
+
+
+def cell_targets(scene: Scene) -> torch.Tensor:
+    """[9, 3] long: for each grid cell (raster order) the shape, colour and size index + 1, or 0 if empty."""
+    targets = torch.zeros(N_CELLS, len(ATTRIBUTES), dtype=torch.long)
+    for o in scene.objects:
+        targets[o.row * GRID + o.col] = torch.tensor([SHAPES.index(o.shape) + 1, COLORS.index(o.color) + 1,
+                                                      SIZES.index(o.size) + 1])
+    return targets
+
+
+class CellProbe(nn.Module):
+    """A linear read-out of the whole patch grid: for each of the 9 cells, logits over every attribute's
+    classes (class 0 = empty). [B, N, D] -> {attribute: [B, 9, classes + 1]}.
+
+    Deliberately weak: a linear map can only succeed if the ViT's patch vectors already say what is where."""
+
+    def __init__(self, n_patches: int, dim: int):
+        super().__init__()
+        self.sizes = {name: len(values) + 1 for name, values in ATTRIBUTES.items()}
+        self.readout = nn.Linear(n_patches * dim, N_CELLS * sum(self.sizes.values()))
+
+    def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.readout(patches.flatten(1)).view(patches.size(0), N_CELLS, -1)  # [B, 9, 8 + 9 + 3]
+        return dict(zip(self.sizes, logits.split(list(self.sizes.values()), dim=-1)))
+
+
+def scene_parsing_loss(vit: nn.Module, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over cells and attributes. images uint8 [B, 3, H, W], targets [B, 9, 3]."""
+    logits = probe(vit(to_float(images)).patches)
+    return sum(F.cross_entropy(logits[name].flatten(0, 1), targets[..., k].flatten())
+               for k, name in enumerate(ATTRIBUTES)) / len(ATTRIBUTES)
+
+
+@torch.no_grad()
+def attribute_accuracy(vit: nn.Module, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor,
+                       batch_size: int = 256) -> dict[str, float]:
+    """Accuracy of each attribute over the OCCUPIED cells only (empty cells are easy and would inflate it),
+    their mean (`attr_acc`), and how often occupancy itself is right (`occupancy_acc`)."""
+    preds = []
+    for i in range(0, len(images), batch_size):
+        logits = probe(vit(to_float(images[i : i + batch_size])).patches)
+        preds.append(torch.stack([logits[name].argmax(-1) for name in ATTRIBUTES], dim=-1))  # [b, 9, 3]
+    preds = torch.cat(preds).cpu()
+    occupied = targets[..., 0] > 0  # [B, 9]
+    result = {f"{name}_acc": (preds[..., k] == targets[..., k])[occupied].float().mean().item()
+              for k, name in enumerate(ATTRIBUTES)}
+    result["attr_acc"] = sum(result.values()) / len(ATTRIBUTES)
+    result["occupancy_acc"] = ((preds[..., 0] > 0) == occupied).float().mean().item()
+    return result
+
+
+def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -> float:
+    """log P(canonical caption) under the world's own sampler: the best any language model can assign.
+
+    The caption reveals the object count n (uniform), each object's (shape, colour) pair (uniform over the
+    training combinations) and size (uniform), in left-to-right order, and for two objects whether they
+    share a column ("above") or not ("left of"); nothing else about the positions.
+    """
+    n = len(scene)
+    logp = -math.log(max_objects - min_objects + 1) - n * math.log(len(TRAIN_COMBOS) * len(SIZES))
+    if n == 2:
+        cells = GRID * GRID
+        same_column = GRID * math.comb(GRID, 2) / math.comb(cells, 2)  # P(two distinct cells share a column)
+        a, b = scene.objects
+        logp += math.log(same_column if a.col == b.col else 1 - same_column)
+    return logp
+
+
+def caption_texts(scenes: list[Scene]) -> list[str]:
+    return [caption(s) for s in scenes]
+
+
+@torch.no_grad()
+def perplexity(lm: nn.Module, tokenizer, texts: list[str], batch_size: int = 256, device="cpu") -> tuple[float, int]:
+    """exp(mean next-token NLL) over `texts` (each <bos> text <eos>; <bos> itself is not predicted).
+    Returns (perplexity, number of predicted tokens)."""
+    total, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        batch = encode_texts(tokenizer, texts[i : i + batch_size])
+        logits = lm(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        labels = batch.labels[:, 1:].to(device)
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        total += nll.item()
+        count += int((labels != -100).sum())
+    return math.exp(total / count), count
+
+
+def grammar_perplexity(tokenizer, scenes: list[Scene]) -> float:
+    """The entropy bound as a perplexity over the same captions: exp(-sum log P(caption) / predicted tokens)."""
+    tokens = sum(len(tokenizer.encode(caption(s))) + 1 for s in scenes)  # + <eos>
+    return math.exp(-sum(caption_log_prob(s) for s in scenes) / tokens)
+
+
+def mlm_texts(scenes: list[Scene]) -> list[str]:
+    """Captions and two questions with answers per scene: BERT's corpus."""
+    texts = []
+    for s in scenes:
+        texts.append(caption(s))
+        texts += [f"{qa.question} {qa.answer}" for qa in vqa_pairs(s)[:2]]
+    return texts
+
+
+def special_ids(tokenizer) -> list[int]:
+    return list(tokenizer.all_special_ids)
+
+
+@torch.no_grad()
+def mlm_accuracy(encoder: nn.Module, head: nn.Module, tokenizer, texts: list[str], seed: int = 0,
+                 batch_size: int = 256, device="cpu") -> float:
+    """Fraction of masked tokens (BERT's 15% with 80/10/10) predicted exactly, on a fixed masking."""
+    g = torch.Generator().manual_seed(seed)
+    right, total = 0, 0
+    for i in range(0, len(texts), batch_size):
+        batch = encode_texts(tokenizer, texts[i : i + batch_size], bos=False, eos=False)
+        inputs, labels = mask_tokens(batch.input_ids, tokenizer.mask_token_id, len(tokenizer), special_ids(tokenizer),
+                                     generator=g)
+        logits = head(encoder(inputs.to(device), attention_mask=batch.attention_mask.to(device)))
+        chosen = labels != -100
+        right += int((logits.argmax(-1).cpu()[chosen] == labels[chosen]).sum())
+        total += int(chosen.sum())
+    return right / max(1, total)
