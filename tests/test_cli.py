@@ -262,3 +262,12 @@ def test_zoo_list_and_verify_report_a_corrupted_checkpoint(tmp_path, monkeypatch
     verified = capsys.readouterr().out.splitlines()
     assert verified[0].startswith("✗ bad") and verified[1].split() == ["✓", "good", "ok"]
     assert verified[2] == "1/2 checkpoints verified"
+
+
+def test_run_refuses_a_broken_notebook_file_by_name(tmp_path):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [')
+    result = subprocess.run([sys.executable, "-m", "vlmlab", "run", str(broken)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "broken.ipynb is not a readable notebook" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -150,3 +150,12 @@ def test_resolve_seeds_random_numpy_and_torch():
     assert draw() != first
     params.seed_everything(123)
     assert draw() == first
+
+
+def test_auto_profile_follows_vlmlab_profile_env(monkeypatch):
+    monkeypatch.setenv("VLMLAB_PROFILE", "smoke")
+    assert params.resolve_profile("auto") == "smoke"
+    assert params.resolve_profile("cpu") == "cpu"  # an explicit profile wins
+    monkeypatch.setenv("VLMLAB_PROFILE", "fast")
+    with pytest.raises(params.ParameterError, match="VLMLAB_PROFILE='fast'"):
+        params.resolve_profile("auto")

@@ -68,9 +68,13 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
                 params.COMMON[name].check(name, value)
             except params.ParameterError as e:
                 raise UsageError(str(e)) from None
+    import nbformat
     import papermill
 
-    known = papermill.inspect_notebook(str(notebook))
+    try:
+        known = papermill.inspect_notebook(str(notebook))
+    except (nbformat.reader.NotJSONError, nbformat.ValidationError, ValueError) as e:
+        raise UsageError(f"{notebook} is not a readable notebook: {str(e).splitlines()[0][:200]}") from None
     unknown = [name for name in parameters if name not in known]
     if unknown:
         raise UsageError(f"unknown parameter {unknown[0]} for {notebook.name}: its parameters cell has "

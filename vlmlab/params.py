@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -155,9 +156,15 @@ class Config(Mapping):
 
 
 def resolve_profile(profile: str) -> str:
-    """'auto' -> 'gpu' when CUDA is available, else 'cpu'; any other profile is returned as it is."""
+    """'auto' -> $VLMLAB_PROFILE if set (the test suite runs cell-level checks on `smoke` this way), else
+    'gpu' when CUDA is available, else 'cpu'. Any other profile is returned as it is."""
     if profile != "auto":
         return profile
+    forced = os.environ.get("VLMLAB_PROFILE")
+    if forced:
+        if forced not in PROFILES or forced == "auto":
+            raise ParameterError(f"VLMLAB_PROFILE={forced!r} is not allowed: choose one of 'smoke', 'cpu', 'gpu'")
+        return forced
     import torch  # imported here so that `python -m vlmlab` can check a PROFILE without loading torch
 
     return "gpu" if torch.cuda.is_available() else "cpu"
