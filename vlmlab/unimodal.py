@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.language import caption, vqa_pairs
-from .data.loaders import encode_texts, to_float
-from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene
-from .nn import mask_tokens
+from .data.loaders import ShapesDataset, encode_texts, to_float
+from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
+from .nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig, mask_tokens
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
 N_CELLS = GRID * GRID
@@ -95,6 +95,7 @@ def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -
 
 
 def caption_texts(scenes: list[Scene]) -> list[str]:
+    """The canonical caption of each scene: the tiny GPT's corpus."""
     return [caption(s) for s in scenes]
 
 
@@ -128,10 +129,6 @@ def mlm_texts(scenes: list[Scene]) -> list[str]:
     return texts
 
 
-def special_ids(tokenizer) -> list[int]:
-    return list(tokenizer.all_special_ids)
-
-
 @torch.no_grad()
 def mlm_accuracy(encoder: nn.Module, head: nn.Module, tokenizer, texts: list[str], seed: int = 0,
                  batch_size: int = 256, device="cpu") -> float:
@@ -140,10 +137,92 @@ def mlm_accuracy(encoder: nn.Module, head: nn.Module, tokenizer, texts: list[str
     right, total = 0, 0
     for i in range(0, len(texts), batch_size):
         batch = encode_texts(tokenizer, texts[i : i + batch_size], bos=False, eos=False)
-        inputs, labels = mask_tokens(batch.input_ids, tokenizer.mask_token_id, len(tokenizer), special_ids(tokenizer),
+        inputs, labels = mask_tokens(batch.input_ids, tokenizer.mask_token_id, len(tokenizer), tokenizer.all_special_ids,
                                      generator=g)
         logits = head(encoder(inputs.to(device), attention_mask=batch.attention_mask.to(device)))
         chosen = labels != -100
         right += int((logits.argmax(-1).cpu()[chosen] == labels[chosen]).sum())
         total += int(chosen.sum())
     return right / max(1, total)
+
+
+# ---------------------------------------------------------------- fixed evaluation sets, for the notebook and `zoo verify`
+
+N_EVAL = 1000  # held-out test scenes every tiny-backbone number is measured on
+TINY_BACKBONES = ("tiny-vit", "tiny-gpt", "tiny-bert")
+
+
+def vit_eval_set(seed: int = 0, image_size: int = 64, n: int = N_EVAL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 [n, 3, H, W] and cell targets [n, 9, 3] of the first n test scenes of world `seed`."""
+    data = ShapesDataset(ShapesWorld(seed=seed, image_size=image_size), "test", n)
+    return data.images, torch.stack([cell_targets(s) for s in data.scenes])
+
+
+def measure_vit(vit: nn.Module, probe: CellProbe, seed: int = 0) -> dict[str, float]:
+    images, targets = vit_eval_set(seed, vit.config.image_size)
+    return attribute_accuracy(vit.eval(), probe.eval(), images, targets)
+
+
+def measure_gpt(lm: nn.Module, tokenizer, seed: int = 0) -> dict[str, float]:
+    scenes = ShapesWorld(seed=seed).scenes(N_EVAL, "test")
+    ppl, _ = perplexity(lm.eval(), tokenizer, caption_texts(scenes))
+    return {"val_ppl": ppl, "ppl_bound": grammar_perplexity(tokenizer, scenes)}
+
+
+def measure_bert(encoder: nn.Module, head: nn.Module, tokenizer, seed: int = 0) -> dict[str, float]:
+    texts = mlm_texts(ShapesWorld(seed=seed).scenes(N_EVAL, "test"))
+    return {"mlm_acc": mlm_accuracy(encoder.eval(), head.eval(), tokenizer, texts, seed=seed)}
+
+
+def load_tiny(name: str, root=None) -> dict[str, nn.Module]:
+    """The modules of a shipped tiny backbone and its training head (`tiny-vit` + probe, `tiny-bert` + MLM head)."""
+    from . import zoo
+
+    state, record = zoo.load_checkpoint(name, root=root)
+    if name == "tiny-vit":
+        vit = ViT(ViTConfig(**record["config"]))
+        vit.load_state_dict(state)
+        probe_state, _ = zoo.load_checkpoint("tiny-vit-probe", root=root)
+        probe = CellProbe(vit.patch_embed.n_patches, vit.config.dim)
+        probe.load_state_dict(probe_state)
+        return {"vit": vit.float(), "probe": probe.float()}
+    config = TextConfig(**record["config"])
+    if name == "tiny-gpt":
+        lm = CausalLM(config)
+        lm.load_state_dict(state)
+        return {"lm": lm.float()}
+    if name == "tiny-bert":
+        encoder = TextTransformer(config)
+        encoder.load_state_dict(state)
+        head_state, _ = zoo.load_checkpoint("tiny-bert-head", root=root)
+        head = MLMHead(config.dim, config.vocab_size)
+        head.load_state_dict(head_state)
+        return {"encoder": encoder.float(), "head": head.float()}
+    raise ValueError(f"{name!r} is not a tiny backbone; known: tiny-vit, tiny-gpt, tiny-bert")
+
+
+def remeasure(name: str, root=None) -> dict[str, float]:
+    """Load a tiny backbone from the zoo and measure it again on its fixed evaluation set."""
+    from . import zoo
+    from .tokenizer import load_tokenizer
+
+    _, record = zoo.load_checkpoint(name, root=root)
+    seed = record["metrics"].get("eval_seed", 0)
+    parts = load_tiny(name, root)
+    if name == "tiny-vit":
+        return measure_vit(parts["vit"], parts["probe"], seed)
+    if name == "tiny-gpt":
+        return measure_gpt(parts["lm"], load_tokenizer(), seed)
+    return measure_bert(parts["encoder"], parts["head"], load_tokenizer(), seed)
+
+
+def verify_tiny(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
+    """Re-measure `name` and compare with the metrics recorded when it was saved (`zoo verify`)."""
+    from . import zoo
+
+    _, record = zoo.load_checkpoint(name, root=root)
+    now = remeasure(name, root)
+    differ = [f"{k}: recorded {record['metrics'][k]:.4f}, measured {v:.4f}" for k, v in now.items()
+              if k in record["metrics"] and abs(v - record["metrics"][k]) > tolerance * max(1.0, abs(v))]
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in now.items())
+    return (not differ, ("re-measured " + summary) if not differ else "metrics differ: " + "; ".join(differ))
