@@ -260,7 +260,7 @@ def test_zoo_list_and_verify_report_a_corrupted_checkpoint(tmp_path, monkeypatch
     assert "sha256" in listed[0] and "float32" in listed[1]
     assert cli.main(["zoo", "verify"]) == 1
     verified = capsys.readouterr().out.splitlines()
-    assert verified[0].startswith("✗ bad") and verified[1].split() == ["✓", "good", "ok"]
+    assert verified[0].startswith("✗ bad") and verified[1].split() == ["✓", "good", "user:", "ok"]
     assert verified[2] == "1/2 checkpoints verified"
 
 

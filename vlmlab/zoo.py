@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -227,8 +228,12 @@ def list_checkpoints(root: str | Path | None = None) -> list[dict]:
     return records
 
 
-def verify_all(root: str | Path | None = None) -> list[tuple[str, bool, str]]:
-    """(name, ok, message) for every checkpoint, including records whose .safetensors is missing."""
+def verify_all(root: str | Path | None = None,
+               deep: Callable[[str, Path], tuple[bool, str]] | None = None) -> list[tuple[str, bool, str]]:
+    """(name, ok, message) for every checkpoint, including records whose .safetensors is missing.
+
+    `deep(name, folder) -> (ok, message)`, if given, runs on each checkpoint whose hash checks out (the CLI
+    re-measures the tiny backbones' metrics with it)."""
     results = []
     for folder in _folders(root):
         names = sorted({p.stem for p in folder.glob("*.safetensors")} | {p.stem for p in folder.glob("*.json")})
@@ -239,7 +244,9 @@ def verify_all(root: str | Path | None = None) -> list[tuple[str, bool, str]]:
                 continue
             try:
                 read_record(path)
-                results.append((name, True, "ok"))
             except CheckpointError as e:
                 results.append((name, False, str(e)))
+                continue
+            ok, message = deep(name, folder) if deep is not None else (True, "ok")
+            results.append((name, ok, f"{_location(folder)}: {message}"))
     return results
