@@ -1,7 +1,7 @@
 """Training-step time of our ViT and CausalLM against the same-size Hugging Face models (DESIGN.md §7).
 
 Run from bench/: `../.venv/bin/python backbone_step.py`. Sizes are notebook 01's tiny backbones, batch 64:
-ViT 64 px, patch 8, dim 128, depth 4, heads 4 (+ a linear head on the CLS token, 10 classes) vs
+ViT 64 px, patch 16, dim 96, depth 4, heads 4 (+ a linear head on the CLS token, 10 classes) vs
 `transformers.ViTModel`; GPT vocab 512, dim 128, depth 4, heads 4, 32 tokens vs `transformers.GPT2LMHeadModel`.
 Our models are converted from the HF ones (`from_hf_*`), so both start from the same weights and the first
 losses must agree. A step is zero_grad + forward + loss + backward + AdamW step. Steps of the two models
@@ -92,8 +92,8 @@ def compare(ours, hf) -> tuple[float, float, float, float, float]:
 
 
 def vit_case(device: str) -> dict:
-    c = HFViTConfig(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                    intermediate_size=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    c = HFViTConfig(image_size=64, patch_size=16, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+                    intermediate_size=384, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     hf = ViTModel(c, add_pooling_layer=False).to(device)
     ours = from_hf_vit(hf).to(device)
