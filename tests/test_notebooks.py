@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom with PROFILE="smoke" (papermill, into a temp dir)."""
 
+import json
 from pathlib import Path
 
 import papermill as pm
@@ -18,6 +19,17 @@ def test_notebook_runs_on_smoke_profile(notebook, tmp_path, monkeypatch):
                         progress_bar=False, kernel_name="python3")
     assert out.exists()
     assert (tmp_path / "metrics.json").exists(), "the notebook should record its headline metrics"
+
+
+@pytest.mark.slow
+def test_backbones_notebook_evaluates_the_shipped_checkpoints_without_training(tmp_path, monkeypatch):
+    notebook = next(p for p in NOTEBOOKS if p.stem == "01_backbones")
+    monkeypatch.setenv("VLMLAB_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))  # only the shipped checkpoints exist
+    pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke", "TRAIN": False},
+                        cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["vit_attr_acc"] >= 0.98  # the shipped ViT, measured again inside the notebook
 
 
 def test_every_notebook_has_a_parameters_cell_with_the_common_knobs():

@@ -1,0 +1,31 @@
+"""The checkpoints shipped in data/checkpoints/ load, and still measure what their records say."""
+
+import pytest
+import torch
+
+from vlmlab import backbones, zoo
+from vlmlab.unimodal import TINY_BACKBONES, verify_tiny
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_shipped_tiny_backbone_remeasures_as_recorded(name):
+    ok, message = verify_tiny(name, zoo.SHIPPED)
+    assert ok, message
+
+
+def test_shipped_vit_meets_notebook_01_target():
+    _, record = zoo.load_checkpoint(zoo.SHIPPED / "tiny-vit.safetensors")
+    assert record["metrics"]["attr_acc"] >= 0.98
+    _, record = zoo.load_checkpoint(zoo.SHIPPED / "tiny-gpt.safetensors")
+    assert record["metrics"]["val_ppl"] <= 1.10 * record["metrics"]["ppl_bound"]
+
+
+def test_tiny_backbones_load_through_the_registry(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path))  # nothing in the user cache: the shipped files are used
+    vit = backbones.load_image_encoder("tiny-vit")
+    vector, grid = vit.model(torch.zeros(2, 3, 64, 64))
+    assert vector.shape == (2, vit.dims["vector"]) and grid.shape == (2, vit.dims["grid_dim"], *vit.dims["grid"])
+    assert not any(p.requires_grad for p in vit.model.parameters())
+    gpt = backbones.load_language_model("tiny-gpt")
+    logits = gpt.model(**gpt.preprocess(["a large red star"])).logits
+    assert logits.shape[-1] == gpt.dims["vocab"]
