@@ -13,10 +13,11 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write_bytes
 
 MAX_TEXT = 200  # a metric string is a label ("greedy", "tiny-vit"), not a report
 _recorded: dict = {}
@@ -51,18 +52,7 @@ def _peak_gpu_mb() -> float | None:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:

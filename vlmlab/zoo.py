@@ -15,11 +15,9 @@ in `data/checkpoints/`; the ones you train go to the user cache (`$VLMLAB_CACHE`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
+
+from .files import atomic_write_bytes, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "data" / "checkpoints"
@@ -61,23 +61,6 @@ def _show(path: Path) -> str:
 
 # ---- low-level helpers, also used by vlmlab.train ----
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def _check_tensors(tensors: dict) -> None:
     for key, t in tensors.items():
@@ -92,14 +75,6 @@ def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
     tensors = {k: t.detach().cpu().clone(memory_format=torch.contiguous_format) for k, t in tensors.items()}
     return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_sha256(path: str | Path, expected: str) -> None:

@@ -1,0 +1,275 @@
+"""CLIP (notebook 02): parity with Hugging Face CLIPModel, the loss on hand-made cases, the clamped temperature,
+NegCLIP negatives, EOS pooling, prompt-ensembled zero-shot, and a tiny model that learns 8 Shapes World pairs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+from transformers import CLIPConfig as HFCLIPConfig
+from transformers import CLIPModel
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+
+from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, to_float
+from vlmlab.data.shapes import ShapesWorld
+from vlmlab.evaluate import retrieval_recall
+from vlmlab.nn import TextConfig, ViT, ViTConfig
+from vlmlab.strategies.clip import (
+    CLIP,
+    CLIPConfig,
+    ImageTower,
+    batch_loss,
+    clip_loss,
+    contrastive_loss,
+    from_hf_clip,
+    last_token_positions,
+    zero_shot_classifier,
+)
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+PAD, BOS, EOS = 0, 98, 99  # inside the HF test vocabulary of 100 (its defaults, 49406/49407, are not)
+
+
+def tiny_config(vocab_size=100, patch_size=8, **kw) -> CLIPConfig:
+    return CLIPConfig(vision=ViTConfig(image_size=32, patch_size=patch_size, dim=32, depth=1, n_heads=2),
+                      text=TextConfig(vocab_size=vocab_size, max_len=64, dim=32, depth=1, n_heads=2, causal=True),
+                      **({"embed_dim": 16} | kw))
+
+
+def captions_batch():
+    """Three right-padded 'captions' <bos> ... <eos> of lengths 6, 9 and 4."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [6, 9, 4]
+    ids = torch.full((3, 9), PAD)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.cat([torch.tensor([BOS]), torch.randint(3, 98, (n - 2,), generator=g), torch.tensor([EOS])])
+        mask[i, :n] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module", params=["quick_gelu", "gelu"])
+def clip_pair(request):
+    torch.manual_seed(0)
+    config = HFCLIPConfig(
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                         hidden_act=request.param),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, hidden_act=request.param),
+        projection_dim=16)
+    hf = CLIPModel(config).eval()
+    return hf, from_hf_clip(hf).eval()
+
+
+# ---------------------------------------------------------------- parity with Hugging Face
+
+
+def test_hf_config_is_carried_over(clip_pair):
+    hf, ours = clip_pair
+    c = ours.config
+    assert (c.embed_dim, c.vision.image_size, c.vision.patch_size, c.vision.dim, c.vision.depth, c.vision.mlp_ratio) == (
+        16, 32, 8, 32, 2, 2.0)
+    assert (c.text.vocab_size, c.text.max_len, c.text.dim, c.text.depth, c.text.n_heads) == (100, 16, 32, 2, 4)
+    assert c.text.causal and c.vision_pre_norm and c.quick_gelu == (hf.config.text_config.hidden_act == "quick_gelu")
+    assert_close(ours.scale, torch.tensor(1 / 0.07), rtol=1e-4, atol=0)  # HF's init 2.6592 = log(1 / 0.07)
+
+
+def test_hf_embeddings_logits_and_loss_match(clip_pair):
+    hf, ours = clip_pair
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids, mask = captions_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask, return_loss=True)
+        image_emb, text_emb = ours.encode_image(images), ours.encode_text(ids, mask)
+        logits_per_image, logits_per_text = ours(images, ids, mask)
+    assert_close(image_emb, expected.image_embeds, atol=1e-5, rtol=1e-5)
+    assert_close(text_emb, expected.text_embeds, atol=1e-5, rtol=1e-5)
+    assert_close(logits_per_image, expected.logits_per_image, atol=1e-5, rtol=1e-5)
+    assert_close(logits_per_text, expected.logits_per_text, atol=1e-5, rtol=1e-5)
+    assert_close(clip_loss(logits_per_image), expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_and_scale_match_hf_on_the_same_embeddings(clip_pair):
+    hf, ours = clip_pair
+    g = torch.Generator().manual_seed(4)
+    image_emb = F.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    text_emb = F.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    with torch.no_grad():
+        hf.logit_scale.fill_(math.log(20.0))
+        ours.logit_scale.fill_(math.log(20.0))
+    assert_close(ours.scale, hf.logit_scale.exp())
+    expected = image_text_contrastive_loss(hf.logit_scale.exp() * text_emb @ image_emb.T)  # HF takes logits_per_text
+    assert_close(contrastive_loss(image_emb, text_emb, ours.scale), expected)
+
+
+def test_from_hf_clip_refuses_other_models():
+    with pytest.raises(ValueError, match="transformers.CLIPModel"):
+        from_hf_clip(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- temperature
+
+
+def test_logit_scale_starts_at_one_over_init_temperature_and_is_clamped_at_100():
+    model = CLIP(tiny_config())
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert model.temperature == pytest.approx(0.07)
+    with torch.no_grad():
+        model.logit_scale.fill_(20.0)  # exp(20) ~ 5e8 without the clamp
+    assert model.scale.item() == pytest.approx(100.0)
+    assert model.temperature == pytest.approx(0.01)
+    images, ids = torch.randn(2, 3, 32, 32), torch.randint(3, 100, (2, 5))
+    logits_per_image, _ = model(images, ids)
+    assert logits_per_image.abs().max() <= 100.0 + 1e-4
+    clip_loss(logits_per_image).backward()
+    assert model.logit_scale.grad.item() == 0.0  # above the clamp the scale no longer moves
+
+
+def test_learned_temperature_gets_a_gradient_and_fixed_one_does_not():
+    images, ids = torch.randn(4, 3, 32, 32), torch.randint(3, 100, (4, 5))
+    learned = CLIP(tiny_config())
+    clip_loss(learned(images, ids)[0]).backward()
+    assert learned.logit_scale.grad is not None and learned.logit_scale.grad.item() != 0.0
+
+    fixed = CLIP(tiny_config(learn_temperature=False, init_temperature=0.1))
+    assert "logit_scale" not in dict(fixed.named_parameters()) and "logit_scale" in fixed.state_dict()
+    clip_loss(fixed(images, ids)[0]).backward()
+    assert not fixed.logit_scale.requires_grad and fixed.logit_scale.grad is None
+    assert fixed.temperature == pytest.approx(0.1)
+
+
+def test_config_validation_names_the_parameter():
+    with pytest.raises(ValueError, match="init_temperature"):
+        tiny_config(init_temperature=0.001)  # 1 / 0.001 = 1000 > max_logit_scale = 100
+    with pytest.raises(ValueError, match="embed_dim"):
+        tiny_config(embed_dim=0)
+
+
+def test_config_round_trips_through_a_dict():
+    config = tiny_config(learn_temperature=False)
+    assert CLIPConfig.from_dict(config.to_dict()) == config
+
+
+# ---------------------------------------------------------------- the loss on hand-made cases
+
+
+def test_clip_loss_by_hand_on_two_pairs():
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
+    rows = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-2))) / 2  # image i -> text i
+    cols = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3))) / 2  # text i -> image i
+    assert clip_loss(logits).item() == pytest.approx((rows + cols) / 2, abs=1e-6)
+
+
+def test_clip_loss_is_symmetric():
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(5))
+    assert_close(clip_loss(logits), clip_loss(logits.T))
+
+
+def test_perfect_alignment_gives_zero_loss_at_scale_100_and_log_b_at_scale_0():
+    emb = torch.eye(4, 8)  # 4 orthogonal unit vectors; each text equals its image
+    assert contrastive_loss(emb, emb, 100.0).item() < 1e-6
+    assert contrastive_loss(emb, emb, 0.0).item() == pytest.approx(math.log(4))
+
+
+def test_negclip_negatives_raise_the_loss_only_through_image_to_text():
+    g = torch.Generator().manual_seed(6)
+    image_emb = torch.eye(16)[:4]  # 4 orthogonal unit vectors
+    text_emb = F.normalize(image_emb + 0.1 * torch.randn(4, 16, generator=g), dim=-1)
+    close_negatives = F.normalize(text_emb + 0.1 * torch.randn(4, 16, generator=g), dim=-1)  # "swapped word" captions
+    far_negatives = torch.eye(16)[8:12]  # orthogonal to every image
+    plain = contrastive_loss(image_emb, text_emb, 10.0)
+    with_close = contrastive_loss(image_emb, text_emb, 10.0, close_negatives)
+    assert with_close > plain + 0.1
+    assert_close(contrastive_loss(image_emb, text_emb, 20.0, far_negatives), contrastive_loss(image_emb, text_emb, 20.0),
+                 atol=1e-4, rtol=0)
+    targets = torch.arange(4)
+    by_hand = (F.cross_entropy(10 * image_emb @ torch.cat([text_emb, close_negatives]).T, targets)
+               + F.cross_entropy(10 * text_emb @ image_emb.T, targets)) / 2
+    assert_close(with_close, by_hand)
+    with pytest.raises(ValueError, match="negative_text_emb"):
+        contrastive_loss(image_emb, text_emb, 10.0, close_negatives[:2])
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def test_image_tower_without_pre_norm_is_a_plain_vit():
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2)
+    vit, tower = ViT(config).eval(), ImageTower(config).eval()
+    tower.load_state_dict(vit.state_dict())  # a notebook-01 ViT checkpoint loads as it is
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(tower(images).hidden, vit(images).hidden)
+
+
+def test_embeddings_are_unit_vectors_of_the_shared_width():
+    model = CLIP(tiny_config()).eval()
+    ids, mask = captions_batch()
+    image_emb, text_emb = model.encode_image(torch.randn(3, 3, 32, 32)), model.encode_text(ids, mask)
+    assert image_emb.shape == text_emb.shape == (3, 16)
+    assert_close(image_emb.norm(dim=-1), torch.ones(3))
+    assert_close(text_emb.norm(dim=-1), torch.ones(3))
+
+
+def test_last_token_positions():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 1, 1, 1]])
+    assert last_token_positions(mask).tolist() == [2, 4, 0, 4]
+    with pytest.raises(ValueError, match="attention_mask"):
+        last_token_positions(torch.tensor([[1, 1], [0, 0]]))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_text_is_pooled_at_its_last_real_token(causal):
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.text.causal = causal
+    model = CLIP(config).eval()
+    ids, mask = captions_batch()
+    with torch.no_grad():
+        batched = model.encode_text(ids, mask)  # row 2 (4 tokens) is padded to 9
+        alone = model.encode_text(ids[2:, :4], mask[2:, :4])
+        hidden = model.text_tower(ids, mask)  # [3, 9, D]
+        by_hand = F.normalize(model.text_proj(hidden[torch.arange(3), torch.tensor([5, 8, 3])]), dim=-1)
+        other_padding = model.encode_text(ids.masked_fill(mask == 0, 7), mask)
+    assert_close(batched, by_hand)
+    assert_close(batched[2:], alone, atol=1e-6, rtol=1e-5)
+    assert_close(batched, other_padding, atol=1e-6, rtol=1e-5)
+
+
+def test_zero_shot_classifier_averages_normalised_prompts():
+    tokenizer = load_tokenizer()
+    model = CLIP(tiny_config(vocab_size=len(tokenizer))).eval()
+    classnames, templates = ["red circle", "blue square", "green star"], ["a {}", "a picture of a {}"]
+    classifier = zero_shot_classifier(model, tokenizer, classnames, templates)
+    assert classifier.shape == (3, 16)
+    assert_close(classifier.norm(dim=-1), torch.ones(3))
+    batch = encode_texts(tokenizer, ["a blue square", "a picture of a blue square"])
+    with torch.no_grad():
+        by_hand = F.normalize(model.encode_text(batch.input_ids, batch.attention_mask).mean(dim=0), dim=-1)
+    assert_close(classifier[1], by_hand, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="templates"):
+        zero_shot_classifier(model, tokenizer, classnames, ["no placeholder"])
+
+
+# ---------------------------------------------------------------- it learns
+
+
+def test_tiny_clip_learns_eight_shapes_world_pairs():
+    tokenizer = load_tokenizer()
+    data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=8)
+    assert len({data.text(i) for i in range(8)}) == 8  # every caption names its own image
+    batch = caption_collate(tokenizer)([data[i] for i in range(8)])
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(vocab_size=len(tokenizer), patch_size=4))  # 4 px patches: small objects cover a few pixels
+    history = fit(model, batch_loss, lambda step: batch, steps=150, lr=3e-3, weight_decay=0.0, warmup=0.1, progress=False)
+    assert history.loss[0] > 1.0 and history.loss[-1] < 0.05  # it learned the pairs
+    assert history.logs[-1]["temperature"] < 0.07  # and sharpened its softmax
+    model.eval()
+    with torch.no_grad():
+        logits_per_image, logits_per_text = model(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
+    assert retrieval_recall(logits_per_image, ks=(1,))["r1"] == 1.0
+    assert retrieval_recall(logits_per_text, ks=(1,))["r1"] == 1.0

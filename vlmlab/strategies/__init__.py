@@ -1,0 +1,1 @@
+"""One module per pre-training strategy: the graduated reference of what its notebook builds."""

@@ -1,0 +1,291 @@
+"""CLIP: a dual encoder trained with the symmetric contrastive (InfoNCE) loss. Introduced in notebook 02.
+
+Radford et al. 2021. An image tower (ViT, CLS vector) and a text tower (transformer, the vector at the
+end-of-text token) are each projected linearly into one shared space and L2-normalised. For a batch of
+B matching pairs the B x B matrix of cosine similarities, times a learned scale exp(logit_scale) = 1 / T,
+is read as B classification problems per direction: image i must pick caption i among the B captions,
+and caption i must pick image i. The scale is stored as log(1 / T) and clamped at 100, as CLIP does.
+
+Also here: NegCLIP's hard negatives (Yuksekgonul et al. 2023), prompt-ensembled zero-shot classifiers,
+and `from_hf_clip`, which copies a Hugging Face `CLIPModel` into `CLIP` so the parity tests can show
+that the same weights give the same numbers.
+
+Letters in the shape comments: B batch, T text length, D tower width, E shared embedding width, C classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.loaders import encode_texts, to_float
+from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput
+
+
+def _check(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
+
+
+@dataclass
+class CLIPConfig:
+    vision: ViTConfig
+    text: TextConfig
+    embed_dim: int = 64  # E, the shared space both towers project into
+    init_temperature: float = 0.07  # CLIP starts at T = 0.07, a scale of 1 / 0.07 ~ 14.3
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped here (T >= 0.01), as in CLIP
+    learn_temperature: bool = True  # False: T stays at init_temperature (a buffer, not a parameter)
+    vision_pre_norm: bool = False  # a LayerNorm before the first ViT block (OpenAI CLIP's ln_pre)
+    quick_gelu: bool = False  # x * sigmoid(1.702 x) in every MLP of both towers (OpenAI CLIP's activation)
+
+    def __post_init__(self):
+        _check(isinstance(self.vision, ViTConfig), "vision", type(self.vision).__name__, "a vlmlab.nn.ViTConfig")
+        _check(isinstance(self.text, TextConfig), "text", type(self.text).__name__, "a vlmlab.nn.TextConfig")
+        _check(isinstance(self.embed_dim, int) and self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
+        _check(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
+        _check(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
+               f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON values, as `vlmlab.zoo.save_checkpoint` stores a config."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CLIPConfig:
+        return cls(**(d | {"vision": ViTConfig(**d["vision"]), "text": TextConfig(**d["text"])}))
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's cheap GELU: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ImageTower(ViT):
+    """vlmlab.nn.ViT with an optional LayerNorm between the embeddings and the first block (CLIP's ln_pre).
+    Without it (the default) it has exactly the ViT's weights, so a notebook-01 tiny ViT loads into it."""
+
+    def __init__(self, config: ViTConfig, pre_norm: bool = False):
+        super().__init__(config)
+        self.pre_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if pre_norm else nn.Identity()
+
+    def forward(self, images: torch.Tensor) -> ViTOutput:
+        """ViT.forward with `pre_norm` applied to the embedded tokens before the blocks."""
+        x = self.patch_embed(images)  # [B, N, D]
+        cls = self.cls_token.expand(x.size(0), -1, -1)  # [B, 1, D]
+        x = self.drop(self.pre_norm(torch.cat([cls, x], dim=1) + self.pos_embed))  # [B, 1 + N, D]
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return ViTOutput(cls=x[:, 0], patches=x[:, 1:], hidden=x)
+
+
+def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] with 1 on real tokens -> [B], the index of each row's last real token (where <eos> sits)."""
+    _check(bool(attention_mask.bool().any(dim=1).all()), "attention_mask", "a row with no real token",
+           "at least one 1 in every row")
+    T = attention_mask.size(1)
+    return (attention_mask.long() * torch.arange(T, device=attention_mask.device)).argmax(dim=1)  # [B]
+
+
+class CLIP(nn.Module):
+    """The dual encoder: image tower + text tower, linear projections (no bias) into E, L2 normalisation,
+    and the learned temperature. Introduced in notebook 02."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        c = self.config = config
+        self.image_tower = ImageTower(c.vision, pre_norm=c.vision_pre_norm)
+        self.text_tower = TextTransformer(c.text)
+        if c.quick_gelu:
+            for block in [*self.image_tower.blocks, *self.text_tower.blocks]:
+                block.mlp.act = QuickGELU()
+        self.image_proj = nn.Linear(c.vision.dim, c.embed_dim, bias=False)
+        self.text_proj = nn.Linear(c.text.dim, c.embed_dim, bias=False)
+        nn.init.normal_(self.image_proj.weight, std=c.vision.dim**-0.5)  # CLIP's init: unit-variance outputs
+        nn.init.normal_(self.text_proj.weight, std=c.text.dim**-0.5)
+        logit_scale = torch.tensor(math.log(1 / c.init_temperature))  # log(1 / T)
+        if c.learn_temperature:
+            self.logit_scale = nn.Parameter(logit_scale)
+        else:
+            self.register_buffer("logit_scale", logit_scale)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped at max_logit_scale: what the cosine similarities are multiplied by.
+        Above the clamp the scale gets no gradient, so it stays there (CLIP clamps the same way)."""
+        return self.logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+
+    @property
+    def temperature(self) -> float:
+        """T = 1 / scale, the softmax temperature."""
+        return 1.0 / self.scale.item()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B, 3, H, W] (in [-1, 1], as `to_float` makes them) -> unit vectors [B, E]."""
+        return F.normalize(self.image_proj(self.image_tower(images).cls), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T], attention_mask [B, T] (1 = real token) -> unit vectors [B, E].
+
+        The text is summarised by the hidden state of its last real token, the <eos> that ends every caption
+        (CLIP pools at its end-of-text token). In a causal tower that is the one position that has seen the
+        whole text. Without a mask the last position is used."""
+        hidden = self.text_tower(input_ids, attention_mask)  # [B, T, D]
+        if attention_mask is None:
+            pooled = hidden[:, -1]  # [B, D]
+        else:
+            pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last_token_positions(attention_mask)]
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """B images and their B captions -> (logits_per_image [B, B], logits_per_text [B, B] = its transpose).
+        Entry [i, j] of logits_per_image is scale * cos(image i, text j)."""
+        image_emb, text_emb = self.encode_image(images), self.encode_text(input_ids, attention_mask)  # [B, E] each
+        logits_per_image = self.scale * image_emb @ text_emb.T  # [B, B]
+        return logits_per_image, logits_per_image.T
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss
+
+
+def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy over the [B, B] logits: the matching pair of row i is column i.
+    Mean of the image->text loss (rows) and the text->image loss (columns). Introduced in notebook 02."""
+    _check(logits_per_image.ndim == 2 and logits_per_image.size(0) == logits_per_image.size(1),
+           "logits_per_image.shape", tuple(logits_per_image.shape), "a square [B, B] matrix")
+    targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # [B]
+    logits = logits_per_image.float()
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                     negative_text_emb: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's loss from unit embeddings image_emb [B, E] and text_emb [B, E]; `logit_scale` is the multiplier
+    exp(logit_scale) = 1 / T (what `CLIP.scale` returns). Introduced in notebook 02.
+
+    negative_text_emb [B, E], one hard negative caption per image (NegCLIP): each image then picks its caption
+    among the B captions AND the B negatives (2B columns), so a caption with swapped words must score lower
+    than the true one. The text->image direction is unchanged: negatives belong to no image.
+    """
+    _check(image_emb.ndim == 2 and image_emb.shape == text_emb.shape, "image_emb/text_emb shapes",
+           (tuple(image_emb.shape), tuple(text_emb.shape)), "two equal [B, E] shapes")
+    if negative_text_emb is None:
+        return clip_loss(logit_scale * image_emb @ text_emb.T)
+    _check(negative_text_emb.shape == text_emb.shape, "negative_text_emb.shape", tuple(negative_text_emb.shape),
+           f"{tuple(text_emb.shape)}, one negative per image")
+    targets = torch.arange(image_emb.size(0), device=image_emb.device)  # [B]
+    image_to_text = logit_scale * image_emb @ torch.cat([text_emb, negative_text_emb]).T  # [B, 2B]
+    text_to_image = logit_scale * text_emb @ image_emb.T  # [B, B]
+    return (F.cross_entropy(image_to_text.float(), targets) + F.cross_entropy(text_to_image.float(), targets)) / 2
+
+
+def batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one `caption_collate` batch (uint8 images, captions), in the form `vlmlab.train.fit` takes:
+    (loss, {"temperature": T})."""
+    logits_per_image, _ = model(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
+    return clip_loss(logits_per_image), {"temperature": model.temperature}
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero-shot classification
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
+    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
+    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
+    _check(len(classnames) >= 1, "classnames", classnames, "at least one class name")
+    _check(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
+           "at least one template, each with a '{}' where the class name goes")
+    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
+    batch = encode_texts(tokenizer, texts, max_length=model.config.text.max_len)
+    device = model.logit_scale.device
+    emb = model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device))  # [C * K, E]
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(emb, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face CLIPModel -> CLIP (the same code loads openai/clip-vit-* when online)
+
+
+def _hf_blocks(hf: dict[str, torch.Tensor], source: str, target: str, depth: int) -> dict[str, torch.Tensor]:
+    """Rename one tower's encoder layers: HF's separate q/k/v projections become our q and fused kv."""
+    state = {}
+    for i in range(depth):
+        h, ours = f"{source}.encoder.layers.{i}.", f"{target}.blocks.{i}."
+        state |= {
+            ours + "ln1.weight": hf[h + "layer_norm1.weight"], ours + "ln1.bias": hf[h + "layer_norm1.bias"],
+            ours + "attn.q.weight": hf[h + "self_attn.q_proj.weight"], ours + "attn.q.bias": hf[h + "self_attn.q_proj.bias"],
+            ours + "attn.kv.weight": torch.cat([hf[h + "self_attn.k_proj.weight"], hf[h + "self_attn.v_proj.weight"]]),
+            ours + "attn.kv.bias": torch.cat([hf[h + "self_attn.k_proj.bias"], hf[h + "self_attn.v_proj.bias"]]),
+            ours + "attn.proj.weight": hf[h + "self_attn.out_proj.weight"],
+            ours + "attn.proj.bias": hf[h + "self_attn.out_proj.bias"],
+            ours + "ln2.weight": hf[h + "layer_norm2.weight"], ours + "ln2.bias": hf[h + "layer_norm2.bias"],
+            ours + "mlp.fc.weight": hf[h + "mlp.fc1.weight"], ours + "mlp.fc.bias": hf[h + "mlp.fc1.bias"],
+            ours + "mlp.proj.weight": hf[h + "mlp.fc2.weight"], ours + "mlp.proj.bias": hf[h + "mlp.fc2.bias"],
+        }
+    return state
+
+
+def from_hf_clip(hf_model) -> CLIP:
+    """Copy a `transformers.CLIPModel` into a CLIP that gives the same embeddings and logits. Introduced in notebook 02.
+
+    HF's vision tower has a LayerNorm before the blocks (`pre_layrnorm`, our `vision_pre_norm`) and normalises
+    only the CLS vector at the end (`post_layernorm`, our final norm: same CLS). Its patch convolution has no
+    bias (ours is set to zero). Its text tower is causal and pools at the first <eos> id; ours pools at the
+    last real token, which is where a tokenizer puts <eos>, so the two agree on tokenised text. Our single
+    dropout takes HF's attention_dropout. The logit scale is copied as it is (HF does not clamp it).
+    """
+    from transformers import CLIPModel
+
+    _check(isinstance(hf_model, CLIPModel), "hf_model", type(hf_model).__name__, "a transformers.CLIPModel")
+    cv, ct = hf_model.config.vision_config, hf_model.config.text_config
+    activations = {cv.hidden_act, ct.hidden_act}
+    _check(activations in ({"quick_gelu"}, {"gelu"}), "config hidden_act (vision, text)", (cv.hidden_act, ct.hidden_act),
+           "'quick_gelu' in both towers or 'gelu' in both")
+    _check(isinstance(cv.image_size, int) and isinstance(cv.patch_size, int), "vision_config.image_size/patch_size",
+           (cv.image_size, cv.patch_size), "integers (square images and patches)")
+    vision = ViTConfig(image_size=cv.image_size, patch_size=cv.patch_size, in_channels=cv.num_channels, dim=cv.hidden_size,
+                       depth=cv.num_hidden_layers, n_heads=cv.num_attention_heads,
+                       mlp_ratio=cv.intermediate_size / cv.hidden_size, dropout=cv.attention_dropout, norm_eps=cv.layer_norm_eps)
+    text = TextConfig(vocab_size=ct.vocab_size, max_len=ct.max_position_embeddings, dim=ct.hidden_size,
+                      depth=ct.num_hidden_layers, n_heads=ct.num_attention_heads, mlp_ratio=ct.intermediate_size / ct.hidden_size,
+                      dropout=ct.attention_dropout, causal=True, norm_eps=ct.layer_norm_eps,
+                      pad_token_id=ct.pad_token_id if ct.pad_token_id is not None else 0)
+    logit_scale = hf_model.logit_scale.item()
+    config = CLIPConfig(vision=vision, text=text, embed_dim=hf_model.config.projection_dim,
+                        init_temperature=math.exp(-logit_scale), max_logit_scale=max(100.0, math.exp(logit_scale)),
+                        vision_pre_norm=True, quick_gelu=activations == {"quick_gelu"})
+    hf = hf_model.state_dict()
+    v, t = "vision_model.", "text_model."
+    state = {
+        "image_tower.cls_token": hf[v + "embeddings.class_embedding"].view(1, 1, -1),
+        "image_tower.pos_embed": hf[v + "embeddings.position_embedding.weight"][None],
+        "image_tower.patch_embed.proj.weight": hf[v + "embeddings.patch_embedding.weight"],
+        "image_tower.patch_embed.proj.bias": torch.zeros(cv.hidden_size),
+        "image_tower.pre_norm.weight": hf[v + "pre_layrnorm.weight"], "image_tower.pre_norm.bias": hf[v + "pre_layrnorm.bias"],
+        "image_tower.norm.weight": hf[v + "post_layernorm.weight"], "image_tower.norm.bias": hf[v + "post_layernorm.bias"],
+        "text_tower.tok_emb.weight": hf[t + "embeddings.token_embedding.weight"],
+        "text_tower.pos_emb.weight": hf[t + "embeddings.position_embedding.weight"],
+        "text_tower.norm.weight": hf[t + "final_layer_norm.weight"], "text_tower.norm.bias": hf[t + "final_layer_norm.bias"],
+        "image_proj.weight": hf["visual_projection.weight"], "text_proj.weight": hf["text_projection.weight"],
+        "logit_scale": hf["logit_scale"],
+    }
+    state |= _hf_blocks(hf, "vision_model", "image_tower", cv.num_hidden_layers)
+    state |= _hf_blocks(hf, "text_model", "text_tower", ct.num_hidden_layers)
+    model = CLIP(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"from_hf_clip: conversion is incomplete: missing {missing}, unexpected {unexpected}")
+    return model
