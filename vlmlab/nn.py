@@ -488,6 +488,25 @@ def from_hf_gpt2(hf_model) -> CausalLM:
     return _load_exactly(CausalLM(config), state, "from_hf_gpt2")
 
 
+def hf_block_state(hf: dict[str, torch.Tensor], h: str, ours: str, *, ln1: str, ln2: str, attn: str,
+                   out: str) -> dict[str, torch.Tensor]:
+    """One Hugging Face pre-norm encoder layer (prefix `h`) renamed to a vlmlab Block (prefix `ours`): the
+    separate q/k/v projections become our q and fused kv. The names of the norms and of the attention module
+    differ between HF models (ViT: layernorm_before / attention / o_proj; CLIP: layer_norm1 / self_attn /
+    out_proj)."""
+    a = h + attn + "."
+    return {
+        ours + "ln1.weight": hf[h + ln1 + ".weight"], ours + "ln1.bias": hf[h + ln1 + ".bias"],
+        ours + "attn.q.weight": hf[a + "q_proj.weight"], ours + "attn.q.bias": hf[a + "q_proj.bias"],
+        ours + "attn.kv.weight": torch.cat([hf[a + "k_proj.weight"], hf[a + "v_proj.weight"]]),
+        ours + "attn.kv.bias": torch.cat([hf[a + "k_proj.bias"], hf[a + "v_proj.bias"]]),
+        ours + "attn.proj.weight": hf[a + out + ".weight"], ours + "attn.proj.bias": hf[a + out + ".bias"],
+        ours + "ln2.weight": hf[h + ln2 + ".weight"], ours + "ln2.bias": hf[h + ln2 + ".bias"],
+        ours + "mlp.fc.weight": hf[h + "mlp.fc1.weight"], ours + "mlp.fc.bias": hf[h + "mlp.fc1.bias"],
+        ours + "mlp.proj.weight": hf[h + "mlp.fc2.weight"], ours + "mlp.proj.bias": hf[h + "mlp.fc2.bias"],
+    }
+
+
 def from_hf_vit(hf_model) -> ViT:
     """Copy a `transformers.ViTModel` (transformers 5 layout) into a ViT that gives the same last_hidden_state.
     Introduced in notebook 01. HF's ViT is the same design: patch conv, CLS, learned positions, pre-norm
@@ -509,16 +528,6 @@ def from_hf_vit(hf_model) -> ViT:
              "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
              "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
     for i in range(c.num_hidden_layers):
-        h, ours = f"layers.{i}.", f"blocks.{i}."
-        state |= {
-            ours + "ln1.weight": hf[h + "layernorm_before.weight"], ours + "ln1.bias": hf[h + "layernorm_before.bias"],
-            ours + "attn.q.weight": hf[h + "attention.q_proj.weight"], ours + "attn.q.bias": hf[h + "attention.q_proj.bias"],
-            ours + "attn.kv.weight": torch.cat([hf[h + "attention.k_proj.weight"], hf[h + "attention.v_proj.weight"]]),
-            ours + "attn.kv.bias": torch.cat([hf[h + "attention.k_proj.bias"], hf[h + "attention.v_proj.bias"]]),
-            ours + "attn.proj.weight": hf[h + "attention.o_proj.weight"],
-            ours + "attn.proj.bias": hf[h + "attention.o_proj.bias"],
-            ours + "ln2.weight": hf[h + "layernorm_after.weight"], ours + "ln2.bias": hf[h + "layernorm_after.bias"],
-            ours + "mlp.fc.weight": hf[h + "mlp.fc1.weight"], ours + "mlp.fc.bias": hf[h + "mlp.fc1.bias"],
-            ours + "mlp.proj.weight": hf[h + "mlp.fc2.weight"], ours + "mlp.proj.bias": hf[h + "mlp.fc2.bias"],
-        }
+        state |= hf_block_state(hf, f"layers.{i}.", f"blocks.{i}.", ln1="layernorm_before", ln2="layernorm_after",
+                                attn="attention", out="o_proj")
     return _load_exactly(ViT(config), state, "from_hf_vit")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loaders import encode_texts, to_float
-from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput
+from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput, hf_block_state
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:
@@ -220,21 +220,11 @@ def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], temp
 
 
 def _hf_blocks(hf: dict[str, torch.Tensor], source: str, target: str, depth: int) -> dict[str, torch.Tensor]:
-    """Rename one tower's encoder layers: HF's separate q/k/v projections become our q and fused kv."""
+    """Rename one tower's encoder layers into our blocks (see vlmlab.nn.hf_block_state)."""
     state = {}
     for i in range(depth):
-        h, ours = f"{source}.encoder.layers.{i}.", f"{target}.blocks.{i}."
-        state |= {
-            ours + "ln1.weight": hf[h + "layer_norm1.weight"], ours + "ln1.bias": hf[h + "layer_norm1.bias"],
-            ours + "attn.q.weight": hf[h + "self_attn.q_proj.weight"], ours + "attn.q.bias": hf[h + "self_attn.q_proj.bias"],
-            ours + "attn.kv.weight": torch.cat([hf[h + "self_attn.k_proj.weight"], hf[h + "self_attn.v_proj.weight"]]),
-            ours + "attn.kv.bias": torch.cat([hf[h + "self_attn.k_proj.bias"], hf[h + "self_attn.v_proj.bias"]]),
-            ours + "attn.proj.weight": hf[h + "self_attn.out_proj.weight"],
-            ours + "attn.proj.bias": hf[h + "self_attn.out_proj.bias"],
-            ours + "ln2.weight": hf[h + "layer_norm2.weight"], ours + "ln2.bias": hf[h + "layer_norm2.bias"],
-            ours + "mlp.fc.weight": hf[h + "mlp.fc1.weight"], ours + "mlp.fc.bias": hf[h + "mlp.fc1.bias"],
-            ours + "mlp.proj.weight": hf[h + "mlp.fc2.weight"], ours + "mlp.proj.bias": hf[h + "mlp.fc2.bias"],
-        }
+        state |= hf_block_state(hf, f"{source}.encoder.layers.{i}.", f"{target}.blocks.{i}.", ln1="layer_norm1",
+                                ln2="layer_norm2", attn="self_attn", out="out_proj")
     return state
 
 
