@@ -36,8 +36,8 @@ def image_grid(images: Sequence, captions: Sequence[str] | None = None, ncols: i
         if k >= n:
             continue
         ax.imshow(as_image(images[k]), interpolation="nearest", cmap="gray")
-        if captions is not None:
-            ax.set_title("\n".join(textwrap.wrap(captions[k], wrap)), fontsize=fontsize, y=-0.02, va="top")
+        if captions is not None:  # above the image, so a long caption never covers the picture below it
+            ax.set_title("\n".join(textwrap.wrap(captions[k], wrap)), fontsize=fontsize)
     fig.tight_layout()
     return fig
 

@@ -37,12 +37,13 @@ def describe_scene(scene: Scene) -> str:
 
 def scene_explorer(seed: int = 0) -> W.Widget:
     """Pick seed, split, index, number of objects and resolution; see the image and all its text."""
+    wide = W.Layout(width="300px")
     controls = {
-        "seed": W.IntText(value=seed, description="seed"),
-        "split": W.Dropdown(options=SPLITS, value="train", description="split"),
-        "index": W.IntSlider(value=0, min=0, max=999, description="index"),
-        "objects": W.IntSlider(value=2, min=1, max=4, description="objects"),
-        "resolution": W.Dropdown(options=[32, 48, 64, 128, 224], value=64, description="pixels"),
+        "seed": W.IntText(value=seed, description="seed", layout=wide),
+        "split": W.Dropdown(options=SPLITS, value="train", description="split", layout=wide),
+        "index": W.IntSlider(value=0, min=0, max=999, description="index", layout=wide),
+        "objects": W.IntSlider(value=2, min=1, max=4, description="objects", layout=wide),
+        "resolution": W.Dropdown(options=[32, 48, 64, 128, 224], value=64, description="pixels", layout=wide),
     }
     image = W.Image(format="png", width=256, height=256)
     text = W.HTML()
@@ -59,4 +60,4 @@ def scene_explorer(seed: int = 0) -> W.Widget:
     for w in controls.values():
         w.observe(update, names="value")
     update()
-    return W.HBox([W.VBox([*controls.values(), image]), text])
+    return W.HBox([W.VBox([*controls.values(), image], layout=W.Layout(min_width="320px")), text])
