@@ -1,0 +1,40 @@
+"""The workbook's own exercises: nbgrader student copies fail where the solutions (the notebooks) pass."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def graded_cells(nb):
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") or c.metadata.get("nbgrader", {}).get("solution")]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_notebook_has_two_exercises_with_hidden_tests(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    solutions = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("solution")]
+    tests = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("grade")]
+    assert len(solutions) >= 2 and len(tests) >= 2
+    assert all("### BEGIN SOLUTION" in c.source for c in solutions)
+    assert all("### BEGIN HIDDEN TESTS" in c.source for c in tests)
+
+
+@pytest.mark.slow
+def test_student_copies_fail_their_exercises(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vlmlab", "assign", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for notebook in NOTEBOOKS:
+        released = tmp_path / "release" / notebook.stem / notebook.name
+        source = released.read_text()
+        assert "BEGIN HIDDEN TESTS" not in source and "### BEGIN SOLUTION" not in source
+        with pytest.raises(pm.PapermillExecutionError, match="NotImplementedError"):
+            pm.execute_notebook(str(released), str(tmp_path / f"run-{notebook.name}"), parameters={"PROFILE": "smoke"},
+                                cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
