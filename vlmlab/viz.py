@@ -25,7 +25,7 @@ def as_image(x) -> np.ndarray:
 
 
 def image_grid(images: Sequence, captions: Sequence[str] | None = None, ncols: int = 6,
-               size: float = 1.8, wrap: int = 24, fontsize: int = 7):
+               size: float = 1.8, wrap: int = 24, fontsize: int = 8):
     """A grid of images, each with its (wrapped) caption underneath."""
     n = len(images)
     nrows = (n + ncols - 1) // ncols

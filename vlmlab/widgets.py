@@ -41,7 +41,7 @@ def scene_explorer(seed: int = 0) -> W.Widget:
     controls = {
         "seed": W.IntText(value=seed, description="seed", layout=wide),
         "split": W.Dropdown(options=SPLITS, value="train", description="split", layout=wide),
-        "index": W.IntSlider(value=0, min=0, max=999, description="index", layout=wide),
+        "index": W.IntSlider(value=0, min=0, max=99, description="index", layout=wide),
         "objects": W.IntSlider(value=2, min=1, max=4, description="objects", layout=wide),
         "resolution": W.Dropdown(options=[32, 48, 64, 128, 224], value=64, description="pixels", layout=wide),
     }
