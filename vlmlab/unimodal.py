@@ -64,9 +64,9 @@ def attribute_accuracy(vit: nn.Module, probe: CellProbe, images: torch.Tensor, t
                        batch_size: int = 256) -> dict[str, float]:
     """Accuracy of each attribute over the OCCUPIED cells only (empty cells are easy and would inflate it),
     their mean (`attr_acc`), and how often occupancy itself is right (`occupancy_acc`)."""
-    preds = []
+    preds, device = [], next(vit.parameters()).device
     for i in range(0, len(images), batch_size):
-        logits = probe(vit(to_float(images[i : i + batch_size])).patches)
+        logits = probe(vit(to_float(images[i : i + batch_size].to(device))).patches)
         preds.append(torch.stack([logits[name].argmax(-1) for name in ATTRIBUTES], dim=-1))  # [b, 9, 3]
     preds = torch.cat(preds).cpu()
     occupied = targets[..., 0] > 0  # [B, 9]
@@ -100,10 +100,10 @@ def caption_texts(scenes: list[Scene]) -> list[str]:
 
 
 @torch.no_grad()
-def perplexity(lm: nn.Module, tokenizer, texts: list[str], batch_size: int = 256, device="cpu") -> tuple[float, int]:
+def perplexity(lm: nn.Module, tokenizer, texts: list[str], batch_size: int = 256) -> tuple[float, int]:
     """exp(mean next-token NLL) over `texts` (each <bos> text <eos>; <bos> itself is not predicted).
     Returns (perplexity, number of predicted tokens)."""
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, next(lm.parameters()).device
     for i in range(0, len(texts), batch_size):
         batch = encode_texts(tokenizer, texts[i : i + batch_size])
         logits = lm(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
@@ -131,10 +131,10 @@ def mlm_texts(scenes: list[Scene]) -> list[str]:
 
 @torch.no_grad()
 def mlm_accuracy(encoder: nn.Module, head: nn.Module, tokenizer, texts: list[str], seed: int = 0,
-                 batch_size: int = 256, device="cpu") -> float:
+                 batch_size: int = 256) -> float:
     """Fraction of masked tokens (BERT's 15% with 80/10/10) predicted exactly, on a fixed masking."""
     g = torch.Generator().manual_seed(seed)
-    right, total = 0, 0
+    right, total, device = 0, 0, next(encoder.parameters()).device
     for i in range(0, len(texts), batch_size):
         batch = encode_texts(tokenizer, texts[i : i + batch_size], bos=False, eos=False)
         inputs, labels = mask_tokens(batch.input_ids, tokenizer.mask_token_id, len(tokenizer), tokenizer.all_special_ids,
