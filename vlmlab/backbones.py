@@ -311,27 +311,20 @@ def _load_tiny(name: str) -> Backbone:
         zoo.find_checkpoint(name)
     except zoo.CheckpointNotFound as e:
         raise zoo.CheckpointNotFound(f"{e}. Backbone {name!r}: {_tiny_hint(name)}") from e
-    from . import nn as vnn
     from .tokenizer import load_tokenizer
+    from .unimodal import build_tiny
 
-    state, record = zoo.load_checkpoint(name)
-    if name == "tiny-vit":
-        vit = vnn.ViT(vnn.ViTConfig(**record["config"]))
-        vit.load_state_dict(state)
-        c = vit.config  # images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them
+    model = build_tiny(name)
+    c = model.config
+    if name == "tiny-vit":  # images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them
         preprocess = lambda images: preprocess_images(images, c.image_size, (0.5,) * 3, (0.5,) * 3)
-        return Backbone(name, "image", ViTEncoder(vit), preprocess, None, {"vector": c.dim, "grid": vit.grid, "grid_dim": c.dim})
+        dims = {"vector": c.dim, "grid": model.grid, "grid_dim": c.dim}
+        return Backbone(name, "image", ViTEncoder(model), preprocess, None, dims)
     tokenizer = load_tokenizer()
-    config = vnn.TextConfig(**record["config"])
     if name == "tiny-bert":
-        model = SentenceEncoder(vnn.TextTransformer(config))
-        model.model.load_state_dict(state)
-        return Backbone(name, "text", model, _tokenize_with(tokenizer, config.max_len), tokenizer,
-                        {"vector": config.dim, "embed": config.dim})
-    model = vnn.CausalLM(config)
-    model.load_state_dict(state)
-    return Backbone(name, "lm", model, _tokenize_with(tokenizer, config.max_len), tokenizer,
-                    {"embed": config.dim, "vocab": config.vocab_size})
+        return Backbone(name, "text", SentenceEncoder(model), _tokenize_with(tokenizer, c.max_len), tokenizer,
+                        {"vector": c.dim, "embed": c.dim})
+    return Backbone(name, "lm", model, _tokenize_with(tokenizer, c.max_len), tokenizer, {"embed": c.dim, "vocab": c.vocab_size})
 
 
 def _hf_from_pretrained(loader, ref: str, what: str):

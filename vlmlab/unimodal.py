@@ -174,31 +174,33 @@ def measure_bert(encoder: nn.Module, head: nn.Module, tokenizer, seed: int = 0) 
     return {"mlm_acc": mlm_accuracy(encoder.eval(), head.eval(), tokenizer, texts, seed=seed)}
 
 
-def load_tiny(name: str, root=None) -> dict[str, nn.Module]:
-    """The modules of a shipped tiny backbone and its training head (`tiny-vit` + probe, `tiny-bert` + MLM head)."""
+TINY_CLASSES = {"tiny-vit": (ViT, ViTConfig), "tiny-gpt": (CausalLM, TextConfig), "tiny-bert": (TextTransformer, TextConfig)}
+
+
+def build_tiny(name: str, root=None) -> nn.Module:
+    """A tiny backbone rebuilt from its zoo record (config) and weights: ViT, CausalLM or TextTransformer, fp32."""
     from . import zoo
 
+    if name not in TINY_CLASSES:
+        raise ValueError(f"{name!r} is not a tiny backbone; known: {', '.join(TINY_CLASSES)}")
     state, record = zoo.load_checkpoint(name, root=root)
-    if name == "tiny-vit":
-        vit = ViT(ViTConfig(**record["config"]))
-        vit.load_state_dict(state)
-        probe_state, _ = zoo.load_checkpoint("tiny-vit-probe", root=root)
-        probe = CellProbe(vit.patch_embed.n_patches, vit.config.dim)
-        probe.load_state_dict(probe_state)
-        return {"vit": vit.float(), "probe": probe.float()}
-    config = TextConfig(**record["config"])
+    model_class, config_class = TINY_CLASSES[name]
+    model = model_class(config_class(**record["config"]))
+    model.load_state_dict(state)
+    return model.float()
+
+
+def load_tiny(name: str, root=None) -> dict[str, nn.Module]:
+    """A tiny backbone with the head it was trained with (`tiny-vit` + probe, `tiny-bert` + MLM head)."""
+    from . import zoo
+
+    model = build_tiny(name, root)
     if name == "tiny-gpt":
-        lm = CausalLM(config)
-        lm.load_state_dict(state)
-        return {"lm": lm.float()}
-    if name == "tiny-bert":
-        encoder = TextTransformer(config)
-        encoder.load_state_dict(state)
-        head_state, _ = zoo.load_checkpoint("tiny-bert-head", root=root)
-        head = MLMHead(config.dim, config.vocab_size)
-        head.load_state_dict(head_state)
-        return {"encoder": encoder.float(), "head": head.float()}
-    raise ValueError(f"{name!r} is not a tiny backbone; known: tiny-vit, tiny-gpt, tiny-bert")
+        return {"lm": model}
+    head_name, head = (("tiny-vit-probe", CellProbe(model.patch_embed.n_patches, model.config.dim)) if name == "tiny-vit"
+                       else ("tiny-bert-head", MLMHead(model.config.dim, model.config.vocab_size)))
+    head.load_state_dict(zoo.load_checkpoint(head_name, root=root)[0])
+    return {"vit": model, "probe": head.float()} if name == "tiny-vit" else {"encoder": model, "head": head.float()}
 
 
 def remeasure(name: str, root=None) -> dict[str, float]:
