@@ -8,7 +8,10 @@ from vlmlab.data.loaders import (
     ShapesDataset,
     StepBatches,
     caption_collate,
+    corrupt_captions,
     encode_texts,
+    indexed_collate,
+    negatives_collate,
     to_float,
     vqa_collate,
 )
@@ -73,3 +76,41 @@ def test_bad_arguments_are_named():
         ShapesDataset(WORLD, "train", 5, task="poems")
     with pytest.raises(ValueError, match="batch_size=10"):
         StepBatches(ShapesDataset(WORLD, "train", 5), 10, caption_collate(TOK))
+
+
+def test_indexed_collate_trims_padding_to_the_batch():
+    images = torch.arange(3 * 3 * 2 * 2, dtype=torch.uint8).view(3, 3, 2, 2)
+    text = encode_texts(TOK, ["a star", "a large red star left of a small blue circle", "a circle"])
+    batch = StepBatches(range(3), 2, indexed_collate(images, text), seed=0)(0)
+    rows = batch["index"].tolist()
+    assert torch.equal(batch["images"], images[rows])
+    width = int(text.attention_mask[rows].sum(1).max())
+    assert batch["input_ids"].shape == (2, width) and batch["attention_mask"][:, -1].any()
+    assert torch.equal(batch["input_ids"], text.input_ids[rows, :width])
+    with pytest.raises(ValueError, match="3 images but 2 texts"):
+        indexed_collate(images, encode_texts(TOK, ["a", "b"]))
+
+
+def test_corrupt_captions_replaces_exactly_the_fraction_with_other_items_captions():
+    texts = [f"caption {i}" for i in range(100)]
+    noisy = corrupt_captions(texts, 0.3, seed=1)
+    changed = [i for i in range(100) if noisy[i] != texts[i]]
+    assert len(changed) == 30 and all(noisy[i] in texts for i in changed)
+    assert corrupt_captions(texts, 0.3, seed=1) == noisy and corrupt_captions(texts, 0.3, seed=2) != noisy
+    assert corrupt_captions(texts, 0.0) == texts
+    assert sum(a != b for a, b in zip(corrupt_captions(texts, 1.0), texts)) == 100
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="fraction="):
+            corrupt_captions(texts, bad)
+
+
+def test_negatives_collate_adds_one_true_hard_negative_per_item():
+    ds = ShapesDataset(WORLD, "train", 16, task="negatives")
+    batch = negatives_collate(TOK)([ds[i] for i in range(16)])
+    assert batch["negative_input_ids"].shape[0] == 16 and batch["negative_attention_mask"].shape[0] == 16
+    for i in range(16):
+        negative = TOK.decode(batch["negative_input_ids"][i], skip_special_tokens=True)
+        assert negative.strip() in ds[i]["negatives"]
+        assert negative.strip() != TOK.decode(batch["input_ids"][i], skip_special_tokens=True).strip()
+    again = negatives_collate(TOK)([ds[i] for i in range(16)])
+    assert torch.equal(again["negative_input_ids"], batch["negative_input_ids"])  # a function of the index

@@ -121,12 +121,46 @@ def caption_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], d
     return collate
 
 
+def negatives_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]:
+    """Collate ShapesDataset(task='negatives') items for NegCLIP: images + captions as in `caption_collate`,
+    plus one hard negative per item in `negative_input_ids` / `negative_attention_mask`. Which of the item's
+    negatives is used depends on the item index only. Introduced in notebook 02."""
+
+    def collate(items: list[dict]) -> dict:
+        missing = [it["index"] for it in items if not it["negatives"]]
+        if missing:
+            raise ValueError(f"items {missing[:5]} have no hard negative; negatives_collate needs one per item")
+        picked = [random.Random(f"negative:{it['index']}").choice(it["negatives"]) for it in items]
+        negatives = encode_texts(tokenizer, picked, max_length=max_length)
+        batch = _with_images(items, encode_texts(tokenizer, [it["text"] for it in items], max_length=max_length))
+        return batch | {"negative_input_ids": negatives.input_ids, "negative_attention_mask": negatives.attention_mask}
+
+    return collate
+
+
 def vqa_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]:
     """Collate ShapesDataset(task='vqa') items: the question is the prompt, the answer the target."""
 
     def collate(items: list[dict]) -> dict:
         prompts = [f"question: {it['question']} answer:" for it in items]
         return _with_images(items, encode_texts(tokenizer, prompts, [" " + it["answer"] for it in items], max_length=max_length))
+
+    return collate
+
+
+def indexed_collate(images: torch.Tensor, text: TextBatch) -> Callable[[list[int]], dict]:
+    """Collate item indices into pre-rendered images [N, 3, H, W] and pre-tokenised texts (one per image),
+    trimming the padding to the longest text of the batch. With `StepBatches(range(N), ...)` this skips
+    per-batch tokenisation, which matters when a training step takes milliseconds. Introduced in notebook 02."""
+    if len(images) != len(text.input_ids):
+        raise ValueError(f"{len(images)} images but {len(text.input_ids)} texts")
+
+    def collate(indices: list[int]) -> dict:
+        idx = torch.tensor(indices)
+        mask = text.attention_mask[idx]
+        width = int(mask.sum(dim=1).max())
+        return {"images": images[idx], "index": idx, "input_ids": text.input_ids[idx, :width],
+                "attention_mask": mask[:, :width], "labels": text.labels[idx, :width]}
 
     return collate
 
@@ -155,3 +189,20 @@ class StepBatches:
         epoch, k = divmod(step, self.steps_per_epoch)
         idx = self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         return self.collate([self.dataset[int(i)] for i in idx])
+
+
+def corrupt_captions(texts: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
+    """ALIGN-style noise: a random `fraction` of the items gets the caption of another random item, so
+    that image-text pair no longer matches. The rest keep their own. Introduced in notebook 02."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be a number in [0, 1]")
+    n = len(texts)
+    if n < 2 and fraction > 0:
+        raise ValueError(f"corrupting captions needs at least 2 texts, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    noisy = torch.randperm(n, generator=g)[: round(fraction * n)]  # the items whose caption is replaced
+    donors = (noisy + torch.randint(1, max(n, 2), (len(noisy),), generator=g)) % n  # never the item itself
+    out = list(texts)
+    for i, j in zip(noisy.tolist(), donors.tolist()):
+        out[i] = texts[j]
+    return out

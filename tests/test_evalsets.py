@@ -1,0 +1,47 @@
+"""The fixed Shapes World evaluation sets: deterministic, disjoint from training, and what they claim."""
+
+import pytest
+import torch
+
+from vlmlab.data import evalsets, language, shapes
+
+
+def test_distinct_caption_scenes_have_all_different_captions_from_the_test_split():
+    scenes = evalsets.distinct_caption_scenes(seed=0, n=300)
+    texts = [language.caption(s) for s in scenes]
+    assert len(scenes) == 300 and len(set(texts)) == 300 and {s.split for s in scenes} == {"test"}
+    assert evalsets.distinct_caption_scenes(seed=0, n=300) == scenes
+    assert evalsets.distinct_caption_scenes(seed=1, n=300) != scenes
+
+
+def test_single_and_heldout_objects():
+    single = evalsets.single_objects(n=200)
+    assert all(len(s.objects) == 1 for s in single) and {s.split for s in single} == {"test"}
+    held = evalsets.heldout_objects(n=100)
+    assert all((s.objects[0].shape, s.objects[0].color) in shapes.HELDOUT_COMBOS for s in held)
+
+
+@pytest.mark.parametrize("kind", ["relation_swap", "attribute_swap"])
+def test_swap_pairs_are_true_captions_and_their_negatives(kind):
+    pairs = evalsets.swap_pairs(kind, n=50)
+    assert len(pairs.scenes) == len(pairs.positives) == len(pairs.negatives) == 50
+    for scene, pos, neg in zip(pairs.scenes, pairs.positives, pairs.negatives):
+        assert pos == language.caption(scene) and pos != neg
+        assert sorted(pos.split()) == sorted(neg.split())  # same words, different meaning: bag-of-words cannot tell
+    with pytest.raises(ValueError, match="kind='rotation'"):
+        evalsets.swap_pairs("rotation", n=5)
+
+
+def test_images_of_renders_uint8():
+    scenes = evalsets.single_objects(n=3)
+    images = evalsets.images_of(scenes, image_size=32)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[1].permute(1, 2, 0), torch.from_numpy(shapes.render_array(scenes[1], 32)))
+
+
+def test_prompt_templates_cover_the_other_words():
+    colour = evalsets.prompt_templates("color")
+    assert len(colour) == len(shapes.SIZES) * len(shapes.SHAPES) and "a small {} circle" in colour
+    assert "a large red {}" in evalsets.prompt_templates("shape")
+    with pytest.raises(ValueError, match="attribute='size'"):
+        evalsets.prompt_templates("size")

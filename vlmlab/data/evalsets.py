@@ -1,0 +1,88 @@
+"""Fixed evaluation sets of the Shapes World, shared by the strategy notebooks. Introduced in notebook 02.
+
+Every set is a pure function of (seed, n): the same scenes, texts and images on every machine and in
+every notebook, so numbers measured in different notebooks are comparable. All are drawn from the
+`test` split (never trained on) except `heldout_objects`, which uses the colour-shape pairs that no
+training scene contains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .language import caption, hard_negatives
+from .shapes import COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
+
+ATTRIBUTE_NAMES = {"color": COLORS, "shape": SHAPES}
+
+
+def images_of(scenes: list[Scene], image_size: int = 64) -> torch.Tensor:
+    """Render scenes -> uint8 [N, 3, H, W]."""
+    return torch.from_numpy(np.stack([render_array(s, image_size) for s in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
+def distinct_caption_scenes(seed: int = 0, n: int = 1000, split: str = "test") -> list[Scene]:
+    """The first `n` scenes of `split` whose canonical captions are all different, so every caption
+    describes exactly one image of the set: the retrieval benchmark."""
+    world, scenes, seen, index = ShapesWorld(seed=seed), [], set(), 0
+    while len(scenes) < n:
+        scene = world.scene(index, split)
+        text = caption(scene)
+        if text not in seen:
+            seen.add(text)
+            scenes.append(scene)
+        index += 1
+        if index > 50 * n:
+            raise ValueError(f"n={n}: the {split} split has too few distinct captions")
+    return scenes
+
+
+def single_objects(seed: int = 0, n: int = 1000, split: str = "test") -> list[Scene]:
+    """`n` one-object scenes: the zero-shot classification benchmark (what colour / shape is it?)."""
+    return ShapesWorld(seed=seed, min_objects=1, max_objects=1).scenes(n, split)
+
+
+def heldout_objects(seed: int = 0, n: int = 500) -> list[Scene]:
+    """`n` one-object scenes whose colour-shape pair never occurs in training (compositional generalisation)."""
+    return single_objects(seed, n, "heldout")
+
+
+@dataclass
+class SwapPairs:
+    """Scenes with one true caption and one hard negative each (ARO-style paired choice)."""
+
+    kind: str
+    scenes: list[Scene]
+    positives: list[str]
+    negatives: list[str]
+
+
+def swap_pairs(kind: str, seed: int = 0, n: int = 1000, split: str = "test") -> SwapPairs:
+    """The first `n` scenes of `split` that have a `kind` hard negative ('relation_swap', 'attribute_swap'
+    or 'object_replacement', see `language.hard_negatives`), with their true caption and that negative."""
+    world, out, index = ShapesWorld(seed=seed), SwapPairs(kind, [], [], []), 0
+    while len(out.scenes) < n:
+        scene = world.scene(index, split)
+        for negative in hard_negatives(scene):
+            if negative.kind == kind:
+                out.scenes.append(scene)
+                out.positives.append(caption(scene))
+                out.negatives.append(negative.text)
+        index += 1
+        if index > 50 * n:
+            raise ValueError(f"kind={kind!r}: not a hard-negative kind, or the {split} split has too few of them")
+    return out
+
+
+def prompt_templates(attribute: str) -> list[str]:
+    """Zero-shot prompts for one attribute, one per combination of the other words of a caption:
+    colour -> 'a small {} circle', 'a large {} square', ...; shape -> 'a small red {}', ... Averaging a
+    class's prompts (CLIP's prompt ensembling) marginalises the words the class does not fix."""
+    if attribute == "color":
+        return [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
+    if attribute == "shape":
+        return [f"a {size} {color} {{}}" for size in SIZES for color in COLORS]
+    raise ValueError(f"attribute={attribute!r} is not one of {tuple(ATTRIBUTE_NAMES)}")
