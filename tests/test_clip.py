@@ -11,7 +11,7 @@ from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, to_float
+from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
 from vlmlab.data.shapes import ShapesWorld
 from vlmlab.evaluate import retrieval_recall
 from vlmlab.nn import TextConfig, ViT, ViTConfig
@@ -24,6 +24,7 @@ from vlmlab.strategies.clip import (
     contrastive_loss,
     from_hf_clip,
     last_token_positions,
+    negclip_batch_loss,
     zero_shot_classifier,
 )
 from vlmlab.tokenizer import load_tokenizer
@@ -193,6 +194,21 @@ def test_negclip_negatives_raise_the_loss_only_through_image_to_text():
         contrastive_loss(image_emb, text_emb, 10.0, close_negatives[:2])
 
 
+def test_negclip_batch_loss_is_contrastive_loss_with_the_batch_negatives():
+    tokenizer = load_tokenizer()
+    data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=6, task="negatives")
+    batch = negatives_collate(tokenizer)([data[i] for i in range(6)])
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(vocab_size=len(tokenizer), patch_size=8)).eval()
+    loss, logs = negclip_batch_loss(model, batch)
+    image_emb = model.encode_image(to_float(batch["images"]))
+    text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    negative_emb = model.encode_text(batch["negative_input_ids"], batch["negative_attention_mask"])
+    assert_close(loss, contrastive_loss(image_emb, text_emb, model.scale, negative_emb))
+    assert loss > batch_loss(model, batch)[0]  # the extra columns only add competitors
+    assert logs == {"temperature": pytest.approx(0.07)}
+
+
 # ---------------------------------------------------------------- encoders
 
 
@@ -213,6 +229,17 @@ def test_embeddings_are_unit_vectors_of_the_shared_width():
     assert image_emb.shape == text_emb.shape == (3, 16)
     assert_close(image_emb.norm(dim=-1), torch.ones(3))
     assert_close(text_emb.norm(dim=-1), torch.ones(3))
+
+
+def test_grid_pooling_projects_the_flattened_patch_grid():
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(image_pool="grid")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    grid = model.image_tower(images).patches  # [2, 16, 32]: a 4 x 4 grid of 32-d vectors
+    assert model.image_proj.in_features == 16 * 32
+    assert_close(model.encode_image(images), F.normalize(grid.flatten(1) @ model.image_proj.weight.T, dim=-1))
+    with pytest.raises(ValueError, match="image_pool='mean'"):
+        tiny_config(image_pool="mean")
 
 
 def test_last_token_positions():
@@ -273,3 +300,46 @@ def test_tiny_clip_learns_eight_shapes_world_pairs():
         logits_per_image, logits_per_text = model(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
     assert retrieval_recall(logits_per_image, ks=(1,))["r1"] == 1.0
     assert retrieval_recall(logits_per_text, ks=(1,))["r1"] == 1.0
+
+
+class ColourOracle(torch.nn.Module):
+    """A stand-in dual encoder whose text vector is the one-hot of the colour word it contains."""
+
+    def __init__(self, tokenizer, colours):
+        super().__init__()
+        self.tokenizer, self.colours = tokenizer, colours
+        self.logit_scale = torch.nn.Parameter(torch.zeros(()))
+        self.config = tiny_config()
+
+    def encode_text(self, input_ids, attention_mask=None):
+        words = [self.tokenizer.decode(row, skip_special_tokens=True).split() for row in input_ids]
+        return torch.stack([F.one_hot(torch.tensor(next(self.colours.index(w) for w in ws if w in self.colours)),
+                                      len(self.colours)).float() for ws in words])
+
+
+def test_zero_shot_attribute_is_exact_for_a_colour_oracle_and_chance_for_shapes():
+    from vlmlab.data.evalsets import single_objects
+    from vlmlab.data.shapes import COLORS
+    from vlmlab.strategies.clip import zero_shot_attribute
+
+    tokenizer = load_tokenizer()
+    scenes = single_objects(seed=0, n=60)
+    oracle = ColourOracle(tokenizer, COLORS)
+    image_emb = F.one_hot(torch.tensor([COLORS.index(s.objects[0].color) for s in scenes]), len(COLORS)).float()
+    assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "color") == 1.0
+    assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "color", ["a large {} star"]) == 1.0
+    assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "shape") < 0.4  # every shape class looks alike
+
+
+def test_measure_reports_every_benchmark_in_range():
+    from vlmlab.strategies.clip import ShapesBenchmarks, measure
+
+    tokenizer = load_tokenizer()
+    bench = ShapesBenchmarks.build(seed=0, n=40, image_size=32)
+    assert {k: len(v) for k, v in bench.images.items()} == {"retrieval": 40, "single": 40, "heldout": 20,
+                                                            "relation_swap": 40, "attribute_swap": 40}
+    torch.manual_seed(0)
+    out = measure(CLIP(tiny_config(vocab_size=len(tokenizer), image_pool="grid")), tokenizer, bench)
+    keys = {"t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "heldout_combo_acc", "relation_swap_acc", "attribute_swap_acc"}
+    assert keys <= set(out) and all(0.0 <= out[k] <= 1.0 for k in keys)
+    assert out["t2i_r1"] < 0.5  # an untrained model retrieves at about chance (1/40)

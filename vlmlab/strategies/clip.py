@@ -23,13 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import evalsets
+from ..data.language import caption as caption_of
 from ..data.loaders import encode_texts, to_float
+from ..data.shapes import COLORS, SHAPES, SIZES
+from ..evaluate import paired_choice_accuracy, retrieval_metrics, zero_shot_accuracy
 from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput, hf_block_state
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
+
+
+IMAGE_POOLS = ("cls", "grid")
 
 
 @dataclass
@@ -42,12 +49,14 @@ class CLIPConfig:
     learn_temperature: bool = True  # False: T stays at init_temperature (a buffer, not a parameter)
     vision_pre_norm: bool = False  # a LayerNorm before the first ViT block (OpenAI CLIP's ln_pre)
     quick_gelu: bool = False  # x * sigmoid(1.702 x) in every MLP of both towers (OpenAI CLIP's activation)
+    image_pool: str = "cls"  # what the image projection reads: the CLS vector (CLIP) or the whole patch grid
 
     def __post_init__(self):
         _check(isinstance(self.vision, ViTConfig), "vision", type(self.vision).__name__, "a vlmlab.nn.ViTConfig")
         _check(isinstance(self.text, TextConfig), "text", type(self.text).__name__, "a vlmlab.nn.TextConfig")
         _check(isinstance(self.embed_dim, int) and self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
         _check(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
+        _check(self.image_pool in IMAGE_POOLS, "image_pool", self.image_pool, f"one of {IMAGE_POOLS}")
         _check(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
                f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
 
@@ -96,7 +105,10 @@ def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class CLIP(nn.Module):
     """The dual encoder: image tower + text tower, linear projections (no bias) into E, L2 normalisation,
-    and the learned temperature. Introduced in notebook 02."""
+    and the learned temperature. Introduced in notebook 02.
+
+    image_pool='grid' projects the whole patch grid instead of the CLS vector: a linear read-out of what is
+    where, the representation notebook 01's ViT was pre-trained to produce (its CLS was never trained)."""
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
@@ -106,9 +118,10 @@ class CLIP(nn.Module):
         if c.quick_gelu:
             for block in [*self.image_tower.blocks, *self.text_tower.blocks]:
                 block.mlp.act = QuickGELU()
-        self.image_proj = nn.Linear(c.vision.dim, c.embed_dim, bias=False)
+        image_features = c.vision.dim if c.image_pool == "cls" else self.image_tower.patch_embed.n_patches * c.vision.dim
+        self.image_proj = nn.Linear(image_features, c.embed_dim, bias=False)
         self.text_proj = nn.Linear(c.text.dim, c.embed_dim, bias=False)
-        nn.init.normal_(self.image_proj.weight, std=c.vision.dim**-0.5)  # CLIP's init: unit-variance outputs
+        nn.init.normal_(self.image_proj.weight, std=image_features**-0.5)  # CLIP's init: unit-variance outputs
         nn.init.normal_(self.text_proj.weight, std=c.text.dim**-0.5)
         logit_scale = torch.tensor(math.log(1 / c.init_temperature))  # log(1 / T)
         if c.learn_temperature:
@@ -127,9 +140,15 @@ class CLIP(nn.Module):
         """T = 1 / scale, the softmax temperature."""
         return 1.0 / self.scale.item()
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B, 3, H, W] (in [-1, 1], as `to_float` makes them) -> what `image_proj` reads:
+        the CLS vector [B, D] with image_pool='cls', the flattened patch grid [B, N * D] with 'grid'."""
+        out = self.image_tower(images)
+        return out.cls if self.config.image_pool == "cls" else out.patches.flatten(1)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images float [B, 3, H, W] (in [-1, 1], as `to_float` makes them) -> unit vectors [B, E]."""
-        return F.normalize(self.image_proj(self.image_tower(images).cls), dim=-1)
+        """images float [B, 3, H, W] -> unit vectors [B, E]."""
+        return F.normalize(self.image_proj(self.image_features(images)), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] (1 = real token) -> unit vectors [B, E].
@@ -195,6 +214,15 @@ def batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]
     return clip_loss(logits_per_image), {"temperature": model.temperature}
 
 
+def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """`batch_loss` with one hard negative caption per image (a `negatives_collate` batch): NegCLIP's text
+    negatives. (NegCLIP also adds nearest-neighbour images as negatives; we keep to the text side.)"""
+    image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
+    text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"])  # [B, E]
+    negative_emb = model.encode_text(batch["negative_input_ids"], batch["negative_attention_mask"])  # [B, E]
+    return contrastive_loss(image_emb, text_emb, model.scale, negative_emb), {"temperature": model.temperature}
+
+
 # ----------------------------------------------------------------------------------------------
 # Zero-shot classification
 
@@ -216,6 +244,76 @@ def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], temp
 
 
 # ----------------------------------------------------------------------------------------------
+# Measuring a dual encoder on the Shapes World
+
+
+@torch.no_grad()
+def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] -> unit vectors [N, E], in batches, in eval mode."""
+    model.eval()
+    device = model.logit_scale.device
+    return torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def embed_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Texts -> unit vectors [N, E], in batches, in eval mode."""
+    model.eval()
+    device, out = model.logit_scale.device, []
+    for start in range(0, len(texts), batch_size):
+        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.config.text.max_len)
+        out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
+    return torch.cat(out)
+
+
+@dataclass
+class ShapesBenchmarks:
+    """The held-out sets notebook 02 measures every dual encoder on (see `vlmlab.data.evalsets`), rendered once."""
+
+    retrieval: list  # scenes with distinct captions
+    single: list  # one-object test scenes (zero-shot colour and shape)
+    heldout: list  # one-object scenes of never-trained colour-shape pairs
+    swaps: dict  # kind -> evalsets.SwapPairs
+    images: dict  # the same names -> uint8 [N, 3, H, W]
+
+    @classmethod
+    def build(cls, seed: int = 0, n: int = 1000, image_size: int = 64) -> ShapesBenchmarks:
+        retrieval, single = evalsets.distinct_caption_scenes(seed, n), evalsets.single_objects(seed, n)
+        heldout = evalsets.heldout_objects(seed, n // 2)
+        swaps = {kind: evalsets.swap_pairs(kind, seed, n) for kind in ("relation_swap", "attribute_swap")}
+        images = {"retrieval": retrieval, "single": single, "heldout": heldout} | {k: v.scenes for k, v in swaps.items()}
+        return cls(retrieval, single, heldout, swaps, {k: evalsets.images_of(v, image_size) for k, v in images.items()})
+
+
+def zero_shot_attribute(model: CLIP, tokenizer, image_emb: torch.Tensor, scenes: list, attribute: str,
+                        templates: Sequence[str] | None = None) -> float:
+    """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
+    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
+    names = evalsets.ATTRIBUTE_NAMES[attribute]
+    classes = zero_shot_classifier(model, tokenizer, names, templates or evalsets.prompt_templates(attribute))
+    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
+    return zero_shot_accuracy(image_emb, classes, labels)
+
+
+def measure(model: CLIP, tokenizer, bench: ShapesBenchmarks) -> dict[str, float]:
+    """Every notebook-02 number of a dual encoder: retrieval R@1/5/10 both ways, zero-shot colour and shape,
+    zero-shot colour-shape pairs on the held-out combinations, and paired choice against relation and
+    attribute swaps (the true caption must score higher than its swap, for the same image)."""
+    emb = {name: embed_images(model, images) for name, images in bench.images.items()}
+    out = retrieval_metrics(emb["retrieval"], embed_texts(model, tokenizer, [caption_of(s) for s in bench.retrieval]))
+    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
+    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
+    pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
+    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
+    labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
+    out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
+    for kind, swap in bench.swaps.items():
+        positive, negative = embed_texts(model, tokenizer, swap.positives), embed_texts(model, tokenizer, swap.negatives)
+        out[f"{kind}_acc"] = paired_choice_accuracy((emb[kind] * positive).sum(-1), (emb[kind] * negative).sum(-1))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Hugging Face CLIPModel -> CLIP (the same code loads openai/clip-vit-* when online)
 
 
@@ -234,7 +332,9 @@ def from_hf_clip(hf_model) -> CLIP:
     HF's vision tower has a LayerNorm before the blocks (`pre_layrnorm`, our `vision_pre_norm`) and normalises
     only the CLS vector at the end (`post_layernorm`, our final norm: same CLS). Its patch convolution has no
     bias (ours is set to zero). Its text tower is causal and pools at the first <eos> id; ours pools at the
-    last real token, which is where a tokenizer puts <eos>, so the two agree on tokenised text. Our single
+    last real token, which is where a tokenizer puts <eos>, so the two agree on tokenised text. (One exception:
+    HF reads `eos_token_id == 2` as a pre-2023 OpenAI config and pools at the largest token id instead, so a
+    CLIPModel built around our tokenizer, whose <eos> is 2, would pool elsewhere.) Our single
     dropout takes HF's attention_dropout. The logit scale is copied as it is (HF does not clamp it).
     """
     from transformers import CLIPModel
