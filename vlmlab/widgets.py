@@ -1,7 +1,8 @@
 """ipywidgets apps. Introduced in notebook 00 with the scene explorer.
 
 Each app is a function returning a widget; the notebook displays it. The work each control
-triggers is a plain function (`describe_scene`), so it is tested without a browser.
+triggers is a plain function (`describe_scene`, `zero_shot_probabilities`, `retrieve`), so it is
+tested without a browser.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import html
 import io
 
 import ipywidgets as W
+import numpy as np
+import torch
+from PIL import Image
 
 from .data.language import captions, hard_negatives, instructions, vqa_pairs
-from .data.shapes import SPLITS, Scene, ShapesWorld, render
+from .data.loaders import encode_texts, to_float
+from .data.shapes import SPLITS, Scene, ShapesWorld, render_array
 
 
 def describe_scene(scene: Scene) -> str:
@@ -52,12 +57,109 @@ def scene_explorer(seed: int = 0) -> W.Widget:
         c = {k: w.value for k, w in controls.items()}
         world = ShapesWorld(seed=c["seed"], image_size=c["resolution"], min_objects=c["objects"], max_objects=c["objects"])
         scene = world.scene(c["index"], c["split"])
-        buffer = io.BytesIO()
-        render(scene, c["resolution"]).resize((256, 256), 0).save(buffer, format="png")  # 0 = nearest
-        image.value = buffer.getvalue()
+        image.value = _png(render_array(scene, c["resolution"]), 256)
         text.value = describe_scene(scene)
 
     for w in controls.values():
         w.observe(update, names="value")
     update()
     return W.HBox([W.VBox([*controls.values(), image], layout=W.Layout(min_width="320px")), text])
+
+
+def _png(pixels: np.ndarray, size: int) -> bytes:
+    """HWC uint8 -> PNG bytes, scaled to `size` px with nearest-neighbour (pixels stay crisp)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((size, size), 0).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def split_list(text: str, sep: str) -> list[str]:
+    """'red, green,, blue' -> ['red', 'green', 'blue']."""
+    return [x.strip() for x in text.split(sep) if x.strip()]
+
+
+@torch.no_grad()
+def zero_shot_probabilities(model, tokenizer, image: torch.Tensor, labels: list[str], templates: list[str],
+                            temperature: float) -> dict[str, float]:
+    """CLIP zero-shot on one uint8 image [3, H, W]: each label's prompt-ensembled text vector (see
+    `strategies.clip.zero_shot_classifier`), cosine similarities divided by `temperature`, softmax."""
+    from .strategies.clip import zero_shot_classifier
+
+    if not labels:
+        return {}
+    device = model.logit_scale.device
+    classes = zero_shot_classifier(model, tokenizer, labels, templates)  # [C, E]
+    image_emb = model.encode_image(to_float(image[None]).to(device))  # [1, E]
+    probs = (image_emb @ classes.T / temperature).softmax(dim=-1)[0]
+    return dict(zip(labels, probs.tolist()))
+
+
+def zero_shot_playground(model, tokenizer, seed: int = 0) -> W.Widget:
+    """Notebook 02. Pick a scene, type class labels and prompt templates, move the temperature: see CLIP's
+    zero-shot probabilities. The image size follows the model's image tower."""
+    model.eval()
+    size = model.config.vision.image_size
+    wide = W.Layout(width="420px")
+    controls = {
+        "split": W.Dropdown(options=SPLITS, value="test", description="split", layout=wide),
+        "index": W.IntSlider(value=0, min=0, max=199, description="scene", layout=wide),
+        "objects": W.IntSlider(value=1, min=1, max=4, description="objects", layout=wide),
+        "labels": W.Text(value="circle, square, triangle, star, diamond, cross, hexagon", description="labels",
+                         layout=wide),
+        "templates": W.Text(value="a small red {}; a large blue {}; a large green {}", description="templates",
+                            layout=wide),
+        "temperature": W.FloatLogSlider(value=max(model.temperature, 0.01), base=10, min=-2.3, max=0.5, step=0.05,
+                                        description="temperature", readout_format=".3f", layout=wide),
+    }
+    image, bars = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def update(_=None) -> None:
+        c = {k: w.value for k, w in controls.items()}
+        scene = ShapesWorld(seed=seed, image_size=size, min_objects=c["objects"], max_objects=c["objects"]).scene(
+            c["index"], c["split"])
+        pixels = render_array(scene, size)
+        image.value = _png(pixels, 192)
+        templates = [t for t in split_list(c["templates"], ";") if "{}" in t] or ["{}"]
+        probs = zero_shot_probabilities(model, tokenizer, torch.from_numpy(pixels).permute(2, 0, 1),
+                                        split_list(c["labels"], ","), templates, c["temperature"])
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td><td><div style='background:#4c72b0;height:12px;width:{240 * p:.0f}px'>"
+            f"</div></td><td>{p:.3f}</td></tr>" for label, p in sorted(probs.items(), key=lambda kv: -kv[1]))
+        bars.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br>"
+                      f"<b>prompts</b>: {html.escape(' | '.join(templates))}<table>{rows}</table>")
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    return W.VBox([*controls.values(), W.HBox([image, bars])])
+
+
+@torch.no_grad()
+def retrieve(model, tokenizer, query: str, image_emb: torch.Tensor, k: int = 8) -> tuple[list[int], list[float]]:
+    """Text -> image retrieval: the indices and cosine similarities of the `k` images (rows of the unit
+    vectors `image_emb` [N, E]) closest to `query`."""
+    text = encode_texts(tokenizer, [query], max_length=model.config.text.max_len)
+    device = model.logit_scale.device
+    text_emb = model.encode_text(text.input_ids.to(device), text.attention_mask.to(device))  # [1, E]
+    top = (image_emb.to(device) @ text_emb[0]).topk(min(k, len(image_emb)))
+    return top.indices.tolist(), top.values.tolist()
+
+
+def retrieval_gallery(model, tokenizer, images: torch.Tensor, k: int = 8) -> W.Widget:
+    """Notebook 02. Type a caption, see the `k` closest of `images` (uint8 [N, 3, H, W]) with their cosine."""
+    model.eval()
+    device = model.logit_scale.device
+    with torch.no_grad():
+        image_emb = torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(256)])
+    query = W.Text(value="a large red star left of a small blue circle", description="caption",
+                   layout=W.Layout(width="500px"))
+    shown = W.HBox()
+
+    def update(_=None) -> None:
+        indices, scores = retrieve(model, tokenizer, query.value, image_emb, k)
+        shown.children = [W.VBox([W.Image(value=_png(images[i].permute(1, 2, 0).numpy(), 96), width=96, height=96),
+                                  W.HTML(f"<center>{s:.3f}</center>")]) for i, s in zip(indices, scores)]
+
+    query.observe(update, names="value")
+    update()
+    return W.VBox([query, shown])
