@@ -16,12 +16,9 @@ The efficiency is achieved FLOP/s divided by the FLOP/s of a 1024^3 fp32 matmul 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
-from common import machine, matmul_flops, write
+from common import block_weights, compare, machine, matmul_flops, step_fn, write
 from transformers import GPT2Config, GPT2LMHeadModel, ViTModel
 from transformers import ViTConfig as HFViTConfig
 
@@ -29,11 +26,6 @@ from vlmlab.nn import from_hf_gpt2, from_hf_vit
 
 BATCH, WARMUP, STEPS = 64, 3, 20
 N_CLASSES = 10
-
-
-def block_weights(dim: int, hidden: int) -> int:
-    """Weights in one block's matmuls: q, k, v and output projections (4 D^2) and the MLP (2 D hidden)."""
-    return 4 * dim * dim + 2 * dim * hidden
 
 
 def vit_flops(c: HFViTConfig, batch: int) -> float:
@@ -50,45 +42,10 @@ def gpt_flops(c: GPT2Config, batch: int, t: int) -> float:
     return batch * (6 * matmul + 12 * c.n_layer * c.n_embd * t * t)
 
 
-def step_fn(model: torch.nn.Module, loss_fn):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
-
-
-def seconds(step) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def compare(ours, hf) -> tuple[float, float, float, float, float]:
-    """(first loss ours, first loss HF, median step s ours, median step s HF, median of the per-pair ratios).
-    Steps run in pairs, alternating which model goes first; a pair's ratio cancels slow drifts of the machine."""
+def compare_models(ours, hf) -> tuple[float, float, float, float, float]:
+    """(first loss ours, first loss HF, median step s ours, median step s HF, median of the per-pair ratios)."""
     first = ours(), hf()
-    for _ in range(WARMUP - 1):
-        ours(), hf()
-    times_ours, times_hf = [], []
-    for i in range(STEPS):
-        if i % 2 == 0:
-            times_ours.append(seconds(ours))
-            times_hf.append(seconds(hf))
-        else:
-            times_hf.append(seconds(hf))
-            times_ours.append(seconds(ours))
-    ratio = statistics.median(a / b for a, b in zip(times_ours, times_hf))
-    return *first, statistics.median(times_ours), statistics.median(times_hf), ratio
+    return *first, *compare(ours, hf, WARMUP - 1, STEPS)
 
 
 def vit_case(device: str) -> dict:
@@ -105,7 +62,7 @@ def vit_case(device: str) -> dict:
     step_ours = step_fn(torch.nn.ModuleList([ours, head_ours]), lambda: F.cross_entropy(head_ours(ours(images).cls), labels))
     step_hf = step_fn(torch.nn.ModuleList([hf, head_hf]),
                       lambda: F.cross_entropy(head_hf(hf(pixel_values=images).last_hidden_state[:, 0]), labels))
-    return summarise("vit", compare(step_ours, step_hf), vit_flops(c, BATCH), sum(p.numel() for p in ours.parameters()))
+    return summarise("vit", compare_models(step_ours, step_hf), vit_flops(c, BATCH), sum(p.numel() for p in ours.parameters()))
 
 
 def gpt_case(device: str, seq: int = 32) -> dict:
@@ -117,7 +74,8 @@ def gpt_case(device: str, seq: int = 32) -> dict:
     ids = torch.randint(c.vocab_size, (BATCH, seq), device=device)
     step_ours = step_fn(ours, lambda: ours(ids, labels=ids).loss)
     step_hf = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss)
-    return summarise("gpt", compare(step_ours, step_hf), gpt_flops(c, BATCH, seq), sum(p.numel() for p in ours.parameters()))
+    params = sum(p.numel() for p in ours.parameters())
+    return summarise("gpt", compare_models(step_ours, step_hf), gpt_flops(c, BATCH, seq), params)
 
 
 def summarise(name: str, measured: tuple, flops: float, params: int) -> dict:

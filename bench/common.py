@@ -1,10 +1,11 @@
-"""Shared by the benchmarks: machine description and writing results (DESIGN.md §7)."""
+"""Shared by the benchmarks: machine description, paired step timing and writing results (DESIGN.md §7)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -39,6 +40,53 @@ def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, repeats: int
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def block_weights(dim: int, hidden: int) -> int:
+    """Weights in one transformer block's matmuls: q, k, v and output projections (4 D^2) and the MLP (2 D hidden)."""
+    return 4 * dim * dim + 2 * dim * hidden
+
+
+def step_fn(model: torch.nn.Module, loss_fn):
+    """One training step as a function: zero_grad + loss_fn() + backward + AdamW step -> the loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def seconds(step) -> float:
+    """Wall time of one call, synchronising the GPU around it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(a, b, warmup: int, steps: int) -> tuple[float, float, float]:
+    """(median step s of a, median step s of b, median of the per-pair ratios a / b).
+    Steps run in pairs, alternating which model goes first; a pair's ratio cancels slow drifts of the machine."""
+    for _ in range(warmup):
+        a(), b()
+    times_a, times_b = [], []
+    for i in range(steps):
+        if i % 2 == 0:
+            times_a.append(seconds(a))
+            times_b.append(seconds(b))
+        else:
+            times_b.append(seconds(b))
+            times_a.append(seconds(a))
+    ratio = statistics.median(x / y for x, y in zip(times_a, times_b))
+    return statistics.median(times_a), statistics.median(times_b), ratio
 
 
 def write(name: str, result: dict) -> Path:
