@@ -1,5 +1,7 @@
 """Text from scene graphs: every caption, answer and negative must be exactly right."""
 
+from collections import Counter
+
 from vlmlab.data.language import (
     END_OF_CHUNK,
     IMAGE_TOKEN,
@@ -107,6 +109,15 @@ def test_hard_negatives_are_false_and_reuse_the_words():
             assert n.kind in NEGATIVE_KINDS and n.text not in captions(s)
             if n.kind != "object_replacement":
                 assert sorted(n.text.split()) == sorted(caption(s).split())
+
+
+def test_hard_negatives_outside_heldout_never_name_a_heldout_pair():
+    heldout_pairs = [f"{color} {shape}" for shape, color in HELDOUT_COMBOS]
+    for split in ("train", "test"):
+        texts = [n.text for s in ShapesWorld(seed=0).scenes(2000, split) for n in hard_negatives(s)]
+        assert not [t for t in texts if any(pair in t for pair in heldout_pairs)]
+        kinds = Counter(n.kind for s in ShapesWorld(seed=0).scenes(500, split) for n in hard_negatives(s))
+        assert kinds["object_replacement"] > 450 and kinds["attribute_swap"] > 200  # the filter keeps most
 
 
 def test_fewshot_sequence_interleaves_images_and_chunks():

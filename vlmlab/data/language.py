@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from .shapes import COLORS, SHAPES, SIZES, Obj, Scene, relation
+from .shapes import COLORS, HELDOUT_COMBOS, SHAPES, SIZES, Obj, Scene, relation
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
@@ -178,25 +178,28 @@ def hard_negatives(scene: Scene) -> list[Negative]:
     attribute_swap: two objects exchange their colours (or sizes);
     relation_swap: the two objects of a relation change places;
     object_replacement: one object's shape becomes a shape absent from the scene.
+    Outside the heldout split no negative names a held-out colour-shape pair: training text never mentions one.
     """
     objs, out = list(scene.objects), []
     true_caption = caption(scene)
+    allowed = lambda o: scene.split == "heldout" or (o.shape, o.color) not in HELDOUT_COMBOS
     if len(objs) >= 2:
         p, q = objs[0], objs[1]
         for field in ("color", "size"):
-            if getattr(p, field) != getattr(q, field):
-                swapped = [_replace(p, **{field: getattr(q, field)}), _replace(q, **{field: getattr(p, field)})] + objs[2:]
+            swapped = [_replace(p, **{field: getattr(q, field)}), _replace(q, **{field: getattr(p, field)})] + objs[2:]
+            if getattr(p, field) != getattr(q, field) and all(map(allowed, swapped)):
                 out.append(Negative("attribute_swap", _describe(swapped)))
                 break
     if len(objs) == 2 and objs[0].phrase != objs[1].phrase:
         p, q = objs
         out.append(Negative("relation_swap", f"{a(q.phrase)} {relation(p, q)} {a(p.phrase)}"))
-    absent = [s for s in SHAPES if s not in {o.shape for o in objs}]
     rng = random.Random(f"neg:{scene.seed}:{scene.split}:{scene.index}")
     k = rng.randrange(len(objs))
-    replaced = list(objs)
-    replaced[k] = _replace(objs[k], shape=rng.choice(absent))
-    out.append(Negative("object_replacement", _describe(replaced)))
+    absent = [s for s in SHAPES if s not in {o.shape for o in objs} and allowed(_replace(objs[k], shape=s))]
+    if absent:
+        replaced = list(objs)
+        replaced[k] = _replace(objs[k], shape=rng.choice(absent))
+        out.append(Negative("object_replacement", _describe(replaced)))
     return [n for n in out if n.text != true_caption]
 
 
