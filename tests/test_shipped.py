@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vlmlab import backbones, zoo
+from vlmlab.strategies.clip import SAVED_CLIPS, verify_clip
 from vlmlab.unimodal import TINY_BACKBONES, verify_tiny
 
 
@@ -11,6 +12,19 @@ from vlmlab.unimodal import TINY_BACKBONES, verify_tiny
 def test_shipped_tiny_backbone_remeasures_as_recorded(name):
     ok, message = verify_tiny(name, zoo.SHIPPED)
     assert ok, message
+
+
+@pytest.mark.parametrize("name", SAVED_CLIPS)
+def test_shipped_clip_remeasures_as_recorded(name):
+    ok, message = verify_clip(name, zoo.SHIPPED)
+    assert ok, message
+
+
+def test_shipped_negclip_meets_notebook_02_targets():
+    _, record = zoo.load_checkpoint(zoo.SHIPPED / "negclip-shapes.safetensors")
+    m = record["metrics"]
+    assert m["zs_color_acc"] >= 0.95 and m["zs_shape_acc"] >= 0.95 and m["t2i_r1"] >= 0.70
+    assert m["relation_swap_acc"] >= 0.90
 
 
 def test_shipped_vit_meets_notebook_01_target():

@@ -438,10 +438,13 @@ def cmd_zoo(args) -> int:
             detail = record.get("error") or f"{record.get('dtype', '?')}, created {record.get('created', '?')}"
             print(f"{record['name']:<20} {record['location']:<8} {detail}  ({record['path']})")
         return 0
+    from .strategies.clip import SAVED_CLIPS, verify_clip
     from .unimodal import TINY_BACKBONES, verify_tiny
 
-    def remeasure(name, folder):  # hashes match: re-measure a tiny backbone on its evaluation set
-        return verify_tiny(name, folder) if name in TINY_BACKBONES else (True, "ok")
+    def remeasure(name, folder):  # hashes match: re-measure the model on its evaluation sets
+        if name in TINY_BACKBONES:
+            return verify_tiny(name, folder)
+        return verify_clip(name, folder) if name in SAVED_CLIPS else (True, "ok")
 
     results = zoo.verify_all(deep=remeasure)
     for name, ok, message in results:

@@ -313,6 +313,36 @@ def measure(model: CLIP, tokenizer, bench: ShapesBenchmarks) -> dict[str, float]
     return out
 
 
+SAVED_CLIPS = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP
+
+
+def load_clip(name: str, root=None) -> CLIP:
+    """A CLIP saved to the zoo by notebook 02 (`clip-shapes`, `negclip-shapes`), rebuilt from its record, fp32."""
+    from .. import zoo
+
+    state, record = zoo.load_checkpoint(name, root=root)
+    model = CLIP(CLIPConfig.from_dict(record["config"]))
+    model.load_state_dict(state)
+    return model.float()
+
+
+def verify_clip(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
+    """Re-measure a saved CLIP on its benchmarks and compare with its record (`python -m vlmlab zoo verify`)."""
+    from .. import zoo
+    from ..tokenizer import load_tokenizer
+
+    _, record = zoo.load_checkpoint(name, root=root)
+    recorded = record["metrics"]
+    model = load_clip(name, root)
+    bench = ShapesBenchmarks.build(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000),
+                                   model.config.vision.image_size)
+    now = measure(model, load_tokenizer(), bench)
+    differ = [f"{k}: recorded {recorded[k]:.4f}, measured {v:.4f}" for k, v in now.items()
+              if k in recorded and abs(v - recorded[k]) > tolerance]
+    summary = ", ".join(f"{k} {now[k]:.4f}" for k in ("t2i_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc"))
+    return not differ, ("re-measured " + summary) if not differ else "metrics differ: " + "; ".join(differ)
+
+
 # ----------------------------------------------------------------------------------------------
 # Hugging Face CLIPModel -> CLIP (the same code loads openai/clip-vit-* when online)
 
