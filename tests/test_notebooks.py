@@ -32,6 +32,18 @@ def test_backbones_notebook_evaluates_the_shipped_checkpoints_without_training(t
     assert metrics["vit_attr_acc"] >= 0.98  # the shipped ViT, measured again inside the notebook
 
 
+@pytest.mark.slow
+def test_contrastive_notebook_evaluates_the_shipped_clip_without_training(tmp_path, monkeypatch):
+    notebook = next(p for p in NOTEBOOKS if p.stem == "02_contrastive_clip")
+    monkeypatch.setenv("VLMLAB_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))  # only the shipped checkpoints exist
+    pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke", "TRAIN": False},
+                        cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # the shipped NegCLIP, measured again inside the notebook on the smoke profile's 100 held-out scenes per set
+    assert metrics["zs_color_acc"] >= 0.95 and metrics["t2i_r1"] >= 0.85 and metrics["relation_swap_acc_negclip"] >= 0.85
+
+
 def test_every_notebook_has_a_parameters_cell_with_the_common_knobs():
     import nbformat
 
