@@ -19,12 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .params import require
+
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # our name -> nn.GELU(approximate=...)
-
-
-def _check(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +51,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """
     empty = None
     if mask is not None:
-        _check(mask.dtype == torch.bool, "mask.dtype", mask.dtype, "torch.bool (True = may attend)")
+        require(mask.dtype == torch.bool, "mask.dtype", mask.dtype, "torch.bool (True = may attend)")
         empty = ~mask.any(dim=-1, keepdim=True)  # [..., T, 1] queries with no key to look at
         mask = mask | empty
     p = dropout_p if training else 0.0
@@ -128,7 +125,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0, bias: bool = True, kv_dim: int | None = None):
         super().__init__()
-        _check(dim % n_heads == 0, "dim", dim, f"a multiple of n_heads={n_heads}")
+        require(dim % n_heads == 0, "dim", dim, f"a multiple of n_heads={n_heads}")
         self.n_heads, self.dropout = n_heads, dropout
         self.use_sdpa = True  # set False to run the reference attention path
         self.q = nn.Linear(dim, dim, bias=bias)
@@ -140,7 +137,7 @@ class MultiHeadAttention(nn.Module):
                 causal: bool = False, kv_cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D]. `mask` broadcasts to [B, H, T, S]; `causal` adds a causal mask;
         `kv_cache` (self-attention only) is extended with this call's keys and values."""
-        _check(context is None or kv_cache is None, "kv_cache", kv_cache, "None for cross-attention")
+        require(context is None or kv_cache is None, "kv_cache", kv_cache, "None for cross-attention")
         B, T, D = x.shape
         source = x if context is None else context  # [B, S, D or kv_dim]
         k, v = self.kv(source).chunk(2, dim=-1)  # 2 x [B, S, D]
@@ -159,7 +156,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu"):
         super().__init__()
-        _check(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
+        require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
         self.fc = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate=ACTIVATIONS[activation])
         self.proj = nn.Linear(hidden, dim)
@@ -187,7 +184,7 @@ class Block(nn.Module):
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         """x [B, T, D], context [B, S, kv_dim] (cross-attention blocks only) -> [B, T, D]."""
-        _check((context is not None) == (self.cross is not None), "context", None if context is None else "a tensor",
+        require((context is not None) == (self.cross is not None), "context", None if context is None else "a tensor",
                "a tensor exactly when the block was built with cross_attention=True")
         x = x + self.attn(self.ln1(x), mask=mask, causal=causal, kv_cache=kv_cache)
         if self.cross is not None:
@@ -213,7 +210,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int = 3, dim: int = 128):
         super().__init__()
-        _check(image_size % patch_size == 0, "image_size", image_size, f"a multiple of patch_size={patch_size}")
+        require(image_size % patch_size == 0, "image_size", image_size, f"a multiple of patch_size={patch_size}")
         self.image_size, self.in_channels = image_size, in_channels
         self.grid = (image_size // patch_size, image_size // patch_size)  # (h, w) patches
         self.n_patches = self.grid[0] * self.grid[1]
@@ -221,7 +218,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
-        _check(images.ndim == 4 and tuple(images.shape[1:]) == expected, "images.shape", tuple(images.shape),
+        require(images.ndim == 4 and tuple(images.shape[1:]) == expected, "images.shape", tuple(images.shape),
                f"[B, {expected[0]}, {expected[1]}, {expected[2]}]")
         x = self.proj(images)  # [B, D, h, w]
         return x.flatten(2).transpose(1, 2)  # [B, N, D], patches in raster order
@@ -240,10 +237,10 @@ class ViTConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
-        _check(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads={self.n_heads}")
-        _check(self.image_size % self.patch_size == 0, "image_size", self.image_size,
+        require(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads={self.n_heads}")
+        require(self.image_size % self.patch_size == 0, "image_size", self.image_size,
                f"a multiple of patch_size={self.patch_size}")
-        _check(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
 
 
 @dataclass
@@ -304,10 +301,10 @@ class TextConfig:
     pad_token_id: int = 0  # the tokenizer's padding id, kept with the model for collators and generate()
 
     def __post_init__(self):
-        _check(self.vocab_size >= 1, "vocab_size", self.vocab_size, "an integer >= 1")
-        _check(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads={self.n_heads}")
-        _check(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
-        _check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
+        require(self.vocab_size >= 1, "vocab_size", self.vocab_size, "an integer >= 1")
+        require(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads={self.n_heads}")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
+        require(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
 
 
 class TextTransformer(nn.Module):
@@ -332,20 +329,21 @@ class TextTransformer(nn.Module):
         attention_mask [B, past + T]: 1 on real tokens, 0 on padding, covering the cached tokens too.
         A token's position is the number of real tokens before it, so left padding changes nothing.
         past_key_values: one KVCache per block, extended in place (causal models only)."""
-        _check((input_ids is None) != (inputs_embeds is None), "input_ids/inputs_embeds", "both or neither", "exactly one")
+        require((input_ids is None) != (inputs_embeds is None), "input_ids/inputs_embeds", "both or neither", "exactly one")
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         B, T, _ = x.shape
         past = 0
         if past_key_values is not None:
-            _check(self.config.causal, "past_key_values", "a cache", "None for a bidirectional model")
-            _check(len(past_key_values) == len(self.blocks), "len(past_key_values)", len(past_key_values), f"{len(self.blocks)}")
+            require(self.config.causal, "past_key_values", "a cache", "None for a bidirectional model")
+            require(len(past_key_values) == len(self.blocks), "len(past_key_values)", len(past_key_values), f"{len(self.blocks)}")
             past = len(past_key_values[0])
         S = past + T
-        _check(S <= self.config.max_len, "sequence length", f"{S} (cached {past} + new {T})", f"<= max_len={self.config.max_len}")
+        require(S <= self.config.max_len, "sequence length", f"{S} (cached {past} + new {T})",
+                f"<= max_len={self.config.max_len}")
         if attention_mask is None:
             positions, mask = torch.arange(past, S, device=x.device), None  # [T]
         else:
-            _check(tuple(attention_mask.shape) == (B, S), "attention_mask.shape", tuple(attention_mask.shape), f"{(B, S)}")
+            require(tuple(attention_mask.shape) == (B, S), "attention_mask.shape", tuple(attention_mask.shape), f"{(B, S)}")
             positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, past:]  # [B, T]
             mask = padding_mask(attention_mask)  # [B, 1, 1, S]
         x = self.drop(x + self.pos_emb(positions))
@@ -411,7 +409,7 @@ class MLMHead(nn.Module):
         self.decoder = nn.Linear(dim, vocab_size)
         if tied_embedding is not None:
             shape = tuple(tied_embedding.weight.shape)
-            _check(shape == (vocab_size, dim), "tied_embedding.weight.shape", shape, f"{(vocab_size, dim)}")
+            require(shape == (vocab_size, dim), "tied_embedding.weight.shape", shape, f"{(vocab_size, dim)}")
             self.decoder.weight = tied_embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -426,7 +424,7 @@ def mask_tokens(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int, sp
     selected and -100 elsewhere. Of the selected tokens 80% become [MASK], 10% a random id from the whole
     vocabulary (as BERT and Hugging Face do) and 10% stay as they are. Returns (inputs, labels), both [B, T].
     """
-    _check(0 < p <= 1, "p", p, "a probability in (0, 1]")
+    require(0 < p <= 1, "p", p, "a probability in (0, 1]")
     device = input_ids.device
     special = torch.isin(input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype, device=device))
     selected = (torch.rand(input_ids.shape, generator=generator, device=device) < p) & ~special
@@ -458,12 +456,12 @@ def from_hf_gpt2(hf_model) -> CausalLM:
     """
     from transformers import GPT2LMHeadModel
 
-    _check(isinstance(hf_model, GPT2LMHeadModel), "hf_model", type(hf_model).__name__, "a transformers.GPT2LMHeadModel")
+    require(isinstance(hf_model, GPT2LMHeadModel), "hf_model", type(hf_model).__name__, "a transformers.GPT2LMHeadModel")
     c = hf_model.config
     activations = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
-    _check(c.activation_function in activations, "config.activation_function", c.activation_function,
+    require(c.activation_function in activations, "config.activation_function", c.activation_function,
            f"one of {list(activations)}")
-    _check(c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx and not c.add_cross_attention, "config",
+    require(c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx and not c.add_cross_attention, "config",
            "non-standard attention", "scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, no cross-attention")
     D, hidden = c.n_embd, c.n_inner or 4 * c.n_embd
     config = TextConfig(vocab_size=c.vocab_size, max_len=c.n_positions, dim=D, depth=c.n_layer, n_heads=c.n_head,
@@ -513,11 +511,11 @@ def from_hf_vit(hf_model) -> ViT:
     blocks with exact GELU, final LayerNorm; only the names differ."""
     from transformers import ViTModel
 
-    _check(isinstance(hf_model, ViTModel), "hf_model", type(hf_model).__name__, "a transformers.ViTModel")
+    require(isinstance(hf_model, ViTModel), "hf_model", type(hf_model).__name__, "a transformers.ViTModel")
     c = hf_model.config
-    _check(c.hidden_act == "gelu", "config.hidden_act", c.hidden_act, "'gelu'")
-    _check(c.qkv_bias, "config.qkv_bias", c.qkv_bias, "True")
-    _check(isinstance(c.image_size, int) and isinstance(c.patch_size, int), "config.image_size/patch_size",
+    require(c.hidden_act == "gelu", "config.hidden_act", c.hidden_act, "'gelu'")
+    require(c.qkv_bias, "config.qkv_bias", c.qkv_bias, "True")
+    require(isinstance(c.image_size, int) and isinstance(c.patch_size, int), "config.image_size/patch_size",
            (c.image_size, c.patch_size), "integers (square images and patches)")
     config = ViTConfig(image_size=c.image_size, patch_size=c.patch_size, in_channels=c.num_channels, dim=c.hidden_size,
                        depth=c.num_hidden_layers, n_heads=c.num_attention_heads, mlp_ratio=c.intermediate_size / c.hidden_size,

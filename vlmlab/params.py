@@ -27,6 +27,12 @@ PROFILES = ("smoke", "cpu", "gpu")
 TYPE_NAMES = {int: "an int", float: "a float", str: "a str", bool: "a bool (True or False)"}
 
 
+def require(ok: bool, name: str, value, allowed: str) -> None:
+    """Raise a ValueError that names the argument, its value and what is allowed, unless `ok`."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
+
+
 class ParameterError(ValueError):
     """A notebook parameter with a value that is not allowed; the message is one line."""
 

@@ -29,12 +29,7 @@ from ..data.loaders import encode_texts, to_float
 from ..data.shapes import COLORS, SHAPES, SIZES
 from ..evaluate import paired_choice_accuracy, retrieval_metrics, zero_shot_accuracy
 from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput, hf_block_state
-
-
-def _check(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
-
+from ..params import require
 
 IMAGE_POOLS = ("cls", "grid")
 
@@ -52,12 +47,12 @@ class CLIPConfig:
     image_pool: str = "cls"  # what the image projection reads: the CLS vector (CLIP) or the whole patch grid
 
     def __post_init__(self):
-        _check(isinstance(self.vision, ViTConfig), "vision", type(self.vision).__name__, "a vlmlab.nn.ViTConfig")
-        _check(isinstance(self.text, TextConfig), "text", type(self.text).__name__, "a vlmlab.nn.TextConfig")
-        _check(isinstance(self.embed_dim, int) and self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
-        _check(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
-        _check(self.image_pool in IMAGE_POOLS, "image_pool", self.image_pool, f"one of {IMAGE_POOLS}")
-        _check(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
+        require(isinstance(self.vision, ViTConfig), "vision", type(self.vision).__name__, "a vlmlab.nn.ViTConfig")
+        require(isinstance(self.text, TextConfig), "text", type(self.text).__name__, "a vlmlab.nn.TextConfig")
+        require(isinstance(self.embed_dim, int) and self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
+        require(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
+        require(self.image_pool in IMAGE_POOLS, "image_pool", self.image_pool, f"one of {IMAGE_POOLS}")
+        require(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
                f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
 
     def to_dict(self) -> dict:
@@ -97,7 +92,7 @@ class ImageTower(ViT):
 
 def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] with 1 on real tokens -> [B], the index of each row's last real token (where <eos> sits)."""
-    _check(bool(attention_mask.bool().any(dim=1).all()), "attention_mask", "a row with no real token",
+    require(bool(attention_mask.bool().any(dim=1).all()), "attention_mask", "a row with no real token",
            "at least one 1 in every row")
     T = attention_mask.size(1)
     return (attention_mask.long() * torch.arange(T, device=attention_mask.device)).argmax(dim=1)  # [B]
@@ -179,7 +174,7 @@ class CLIP(nn.Module):
 def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
     """Symmetric cross-entropy over the [B, B] logits: the matching pair of row i is column i.
     Mean of the image->text loss (rows) and the text->image loss (columns). Introduced in notebook 02."""
-    _check(logits_per_image.ndim == 2 and logits_per_image.size(0) == logits_per_image.size(1),
+    require(logits_per_image.ndim == 2 and logits_per_image.size(0) == logits_per_image.size(1),
            "logits_per_image.shape", tuple(logits_per_image.shape), "a square [B, B] matrix")
     targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # [B]
     logits = logits_per_image.float()
@@ -195,11 +190,11 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     among the B captions AND the B negatives (2B columns), so a caption with swapped words must score lower
     than the true one. The text->image direction is unchanged: negatives belong to no image.
     """
-    _check(image_emb.ndim == 2 and image_emb.shape == text_emb.shape, "image_emb/text_emb shapes",
+    require(image_emb.ndim == 2 and image_emb.shape == text_emb.shape, "image_emb/text_emb shapes",
            (tuple(image_emb.shape), tuple(text_emb.shape)), "two equal [B, E] shapes")
     if negative_text_emb is None:
         return clip_loss(logit_scale * image_emb @ text_emb.T)
-    _check(negative_text_emb.shape == text_emb.shape, "negative_text_emb.shape", tuple(negative_text_emb.shape),
+    require(negative_text_emb.shape == text_emb.shape, "negative_text_emb.shape", tuple(negative_text_emb.shape),
            f"{tuple(text_emb.shape)}, one negative per image")
     targets = torch.arange(image_emb.size(0), device=image_emb.device)  # [B]
     image_to_text = logit_scale * image_emb @ torch.cat([text_emb, negative_text_emb]).T  # [B, 2B]
@@ -232,8 +227,8 @@ def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], temp
     """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
     encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
     An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
-    _check(len(classnames) >= 1, "classnames", classnames, "at least one class name")
-    _check(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
+    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
+    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
            "at least one template, each with a '{}' where the class name goes")
     texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
     batch = encode_texts(tokenizer, texts, max_length=model.config.text.max_len)
@@ -369,12 +364,12 @@ def from_hf_clip(hf_model) -> CLIP:
     """
     from transformers import CLIPModel
 
-    _check(isinstance(hf_model, CLIPModel), "hf_model", type(hf_model).__name__, "a transformers.CLIPModel")
+    require(isinstance(hf_model, CLIPModel), "hf_model", type(hf_model).__name__, "a transformers.CLIPModel")
     cv, ct = hf_model.config.vision_config, hf_model.config.text_config
     activations = {cv.hidden_act, ct.hidden_act}
-    _check(activations in ({"quick_gelu"}, {"gelu"}), "config hidden_act (vision, text)", (cv.hidden_act, ct.hidden_act),
+    require(activations in ({"quick_gelu"}, {"gelu"}), "config hidden_act (vision, text)", (cv.hidden_act, ct.hidden_act),
            "'quick_gelu' in both towers or 'gelu' in both")
-    _check(isinstance(cv.image_size, int) and isinstance(cv.patch_size, int), "vision_config.image_size/patch_size",
+    require(isinstance(cv.image_size, int) and isinstance(cv.patch_size, int), "vision_config.image_size/patch_size",
            (cv.image_size, cv.patch_size), "integers (square images and patches)")
     vision = ViTConfig(image_size=cv.image_size, patch_size=cv.patch_size, in_channels=cv.num_channels, dim=cv.hidden_size,
                        depth=cv.num_hidden_layers, n_heads=cv.num_attention_heads,

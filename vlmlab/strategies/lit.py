@@ -28,13 +28,9 @@ from torch import nn
 
 from ..data.real import ImageText, load_rgb
 from ..evaluate import retrieval_recall
+from ..params import require
 from ..train import History, fit
 from .clip import contrastive_loss
-
-
-def _check(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
 
 
 def _is_int(x, low: int) -> bool:
@@ -51,7 +47,7 @@ def embed_images(paths: Sequence, image_encoder, batch_size: int = 4) -> torch.T
 
     Small batches are faster on a CPU here: the activations of a few 224 x 224 images stay in cache.
     """
-    _check(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
+    require(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
     vectors = []
     for start in range(0, len(paths), batch_size):
         images = [load_rgb(path) for path in paths[start : start + batch_size]]
@@ -67,7 +63,7 @@ def embed_texts(texts: Sequence[str], text_encoder, batch_size: int = 64) -> tor
     Texts are batched shortest first, so a batch is padded only to its own longest text, not to the
     longest of all (one 100-character caption would otherwise pad all 785 to its length).
     """
-    _check(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
+    require(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.zeros(len(texts), text_encoder.dims["vector"])
     for start in range(0, len(texts), batch_size):
@@ -79,16 +75,16 @@ def embed_texts(texts: Sequence[str], text_encoder, batch_size: int = 64) -> tor
 
 def extract_features(items: Sequence[ImageText], image_encoder, text_encoder) -> tuple[torch.Tensor, torch.Tensor]:
     """N image-text pairs -> (image vectors [N, Di], caption embeddings [N, Dt]) from the frozen encoders."""
-    _check(len(items) >= 1, "items", items, "at least one ImageText")
+    require(len(items) >= 1, "items", items, "at least one ImageText")
     return embed_images([it.path for it in items], image_encoder), embed_texts([it.text for it in items], text_encoder)
 
 
 def class_text(logits: torch.Tensor, class_embeddings: torch.Tensor, k: int = 5) -> torch.Tensor:
     """What the classifier sees, said in the text encoder's space: logits [N, C], class-name embeddings [C, Dt]
     -> unit vectors [N, Dt], the class-name embeddings of each image's top-k classes weighted by their probability."""
-    _check(logits.ndim == 2 and class_embeddings.ndim == 2 and logits.shape[1] == class_embeddings.shape[0],
+    require(logits.ndim == 2 and class_embeddings.ndim == 2 and logits.shape[1] == class_embeddings.shape[0],
            "logits/class_embeddings shapes", (tuple(logits.shape), tuple(class_embeddings.shape)), "[N, C] and [C, Dt]")
-    _check(_is_int(k, 1) and k <= logits.shape[1], "k", k, f"an int in [1, {logits.shape[1]}]")
+    require(_is_int(k, 1) and k <= logits.shape[1], "k", k, f"an int in [1, {logits.shape[1]}]")
     top = logits.softmax(dim=-1).topk(k, dim=-1)  # values, indices [N, k]
     weighted = top.values.unsqueeze(-1) * class_embeddings[top.indices]  # [N, k, Dt]
     return F.normalize(weighted.sum(dim=1), dim=-1)
@@ -97,7 +93,7 @@ def class_text(logits: torch.Tensor, class_embeddings: torch.Tensor, k: int = 5)
 def append_class_text(vectors: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
     """The image head's input: image vectors [N, Di] and their class text [N, Dt] scaled to the vector's length
     -> [N, Di + Dt]. Same length, so neither part starts out drowning the other."""
-    _check(vectors.ndim == 2 and guess.ndim == 2 and len(vectors) == len(guess), "vectors/guess shapes",
+    require(vectors.ndim == 2 and guess.ndim == 2 and len(vectors) == len(guess), "vectors/guess shapes",
            (tuple(vectors.shape), tuple(guess.shape)), "[N, Di] and [N, Dt]")
     return torch.cat([vectors, guess * vectors.norm(dim=1, keepdim=True)], dim=1)
 
@@ -122,11 +118,11 @@ class ProjectionHeads(nn.Module):
                  dropout: float = 0.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
         for name, value in (("image_dim", image_dim), ("text_dim", text_dim), ("embed_dim", embed_dim)):
-            _check(_is_int(value, 1), name, value, "an int >= 1")
-        _check(hidden is None or _is_int(hidden, 1), "hidden", hidden, "None (a linear head) or an int >= 1")
-        _check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
-        _check(max_logit_scale > 0, "max_logit_scale", max_logit_scale, "a number > 0")
-        _check(init_temperature * max_logit_scale >= 1 - 1e-6, "init_temperature", init_temperature,
+            require(_is_int(value, 1), name, value, "an int >= 1")
+        require(hidden is None or _is_int(hidden, 1), "hidden", hidden, "None (a linear head) or an int >= 1")
+        require(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
+        require(max_logit_scale > 0, "max_logit_scale", max_logit_scale, "a number > 0")
+        require(init_temperature * max_logit_scale >= 1 - 1e-6, "init_temperature", init_temperature,
                f"a number >= 1 / max_logit_scale = {1 / max_logit_scale:g}")
         self.max_logit_scale = max_logit_scale
         self.image_head = _head(image_dim, embed_dim, hidden, dropout)
@@ -165,10 +161,10 @@ def train_heads(heads: ProjectionHeads, image_features: torch.Tensor, text_featu
     Batch k is `batch_size` pairs drawn without replacement by a generator seeded with (seed, k), so it is a
     pure function of the step; batch_size=None uses all N pairs every step. Other keywords go to `fit`.
     """
-    _check(image_features.ndim == 2 and text_features.ndim == 2 and len(image_features) == len(text_features) >= 2,
+    require(image_features.ndim == 2 and text_features.ndim == 2 and len(image_features) == len(text_features) >= 2,
            "image_features/text_features shapes", (tuple(image_features.shape), tuple(text_features.shape)),
            "[N, Di] and [N, Dt] with the same N >= 2")
-    _check(batch_size is None or _is_int(batch_size, 2), "batch_size", batch_size, "None (all pairs) or an int >= 2")
+    require(batch_size is None or _is_int(batch_size, 2), "batch_size", batch_size, "None (all pairs) or an int >= 2")
     n = len(image_features)
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +205,7 @@ def retrieval_scores(similarity: torch.Tensor, texts: Sequence[str], ks: Sequenc
     """Image->text and text->image R@k for N images and their N captions, similarity [N, N] (row: image i,
     column: caption j). Every image whose caption has the same text counts as correct, in both directions.
     Keys "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"."""
-    _check(similarity.ndim == 2 and similarity.shape[0] == similarity.shape[1] == len(texts), "similarity.shape",
+    require(similarity.ndim == 2 and similarity.shape[0] == similarity.shape[1] == len(texts), "similarity.shape",
            tuple(similarity.shape), f"[{len(texts)}, {len(texts)}], one row and one column per text")
     targets = caption_targets(texts)
     i2t = retrieval_recall(similarity, ks, targets=targets)
