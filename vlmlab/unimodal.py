@@ -223,8 +223,4 @@ def verify_tiny(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, st
     from . import zoo
 
     _, record = zoo.load_checkpoint(name, root=root)
-    now = remeasure(name, root)
-    differ = [f"{k}: recorded {record['metrics'][k]:.4f}, measured {v:.4f}" for k, v in now.items()
-              if k in record["metrics"] and abs(v - record["metrics"][k]) > tolerance * max(1.0, abs(v))]
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in now.items())
-    return (not differ, ("re-measured " + summary) if not differ else "metrics differ: " + "; ".join(differ))
+    return zoo.compare_metrics(record["metrics"], remeasure(name, root), tolerance)

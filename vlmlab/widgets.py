@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from .data.language import captions, hard_negatives, instructions, vqa_pairs
-from .data.loaders import encode_texts, to_float
 from .data.shapes import SPLITS, Scene, ShapesWorld, render_array
+from .strategies import clip
 
 
 def describe_scene(scene: Scene) -> str:
@@ -83,13 +83,10 @@ def zero_shot_probabilities(model, tokenizer, image: torch.Tensor, labels: list[
                             temperature: float) -> dict[str, float]:
     """CLIP zero-shot on one uint8 image [3, H, W]: each label's prompt-ensembled text vector (see
     `strategies.clip.zero_shot_classifier`), cosine similarities divided by `temperature`, softmax."""
-    from .strategies.clip import zero_shot_classifier
-
     if not labels:
         return {}
-    device = model.logit_scale.device
-    classes = zero_shot_classifier(model, tokenizer, labels, templates)  # [C, E]
-    image_emb = model.encode_image(to_float(image[None]).to(device))  # [1, E]
+    classes = clip.zero_shot_classifier(model, tokenizer, labels, templates)  # [C, E]
+    image_emb = clip.embed_images(model, image[None])  # [1, E]
     probs = (image_emb @ classes.T / temperature).softmax(dim=-1)[0]
     return dict(zip(labels, probs.tolist()))
 
@@ -138,19 +135,14 @@ def zero_shot_playground(model, tokenizer, seed: int = 0) -> W.Widget:
 def retrieve(model, tokenizer, query: str, image_emb: torch.Tensor, k: int = 8) -> tuple[list[int], list[float]]:
     """Text -> image retrieval: the indices and cosine similarities of the `k` images (rows of the unit
     vectors `image_emb` [N, E]) closest to `query`."""
-    text = encode_texts(tokenizer, [query], max_length=model.config.text.max_len)
-    device = model.logit_scale.device
-    text_emb = model.encode_text(text.input_ids.to(device), text.attention_mask.to(device))  # [1, E]
-    top = (image_emb.to(device) @ text_emb[0]).topk(min(k, len(image_emb)))
+    text_emb = clip.embed_texts(model, tokenizer, [query])  # [1, E]
+    top = (image_emb.to(text_emb.device) @ text_emb[0]).topk(min(k, len(image_emb)))
     return top.indices.tolist(), top.values.tolist()
 
 
 def retrieval_gallery(model, tokenizer, images: torch.Tensor, k: int = 8) -> W.Widget:
     """Notebook 02. Type a caption, see the `k` closest of `images` (uint8 [N, 3, H, W]) with their cosine."""
-    model.eval()
-    device = model.logit_scale.device
-    with torch.no_grad():
-        image_emb = torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(256)])
+    image_emb = clip.embed_images(model, images)  # [N, E]
     query = W.Text(value="a large red star left of a small blue circle", description="caption",
                    layout=W.Layout(width="500px"))
     shown = W.HBox()

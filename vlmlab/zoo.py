@@ -203,6 +203,16 @@ def list_checkpoints(root: str | Path | None = None) -> list[dict]:
     return records
 
 
+def compare_metrics(recorded: dict, measured: dict[str, float], tolerance: float = 0.01) -> tuple[bool, str]:
+    """(ok, message) for a re-measurement: every measured metric that the record holds must agree within
+    `tolerance` (relative above 1, absolute below). `message` lists the numbers or what differs."""
+    differ = [f"{k}: recorded {recorded[k]:.4f}, measured {v:.4f}" for k, v in measured.items()
+              if k in recorded and abs(v - recorded[k]) > tolerance * max(1.0, abs(v))]
+    if differ:
+        return False, "metrics differ: " + "; ".join(differ)
+    return True, "re-measured " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items())
+
+
 def verify_all(root: str | Path | None = None,
                deep: Callable[[str, Path], tuple[bool, str]] | None = None) -> list[tuple[str, bool, str]]:
     """(name, ok, message) for every checkpoint, including records whose .safetensors is missing.

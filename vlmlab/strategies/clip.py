@@ -223,26 +223,6 @@ def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str
 
 
 @torch.no_grad()
-def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
-    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
-    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
-    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
-    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
-           "at least one template, each with a '{}' where the class name goes")
-    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
-    batch = encode_texts(tokenizer, texts, max_length=model.config.text.max_len)
-    device = model.logit_scale.device
-    emb = model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device))  # [C * K, E]
-    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
-    return F.normalize(emb, dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Measuring a dual encoder on the Shapes World
-
-
-@torch.no_grad()
 def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """uint8 images [N, 3, H, W] -> unit vectors [N, E], in batches, in eval mode."""
     model.eval()
@@ -259,6 +239,24 @@ def embed_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int = 
         batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.config.text.max_len)
         out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
+    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
+    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
+    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
+    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
+           "at least one template, each with a '{}' where the class name goes")
+    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
+    emb = embed_texts(model, tokenizer, texts)  # [C * K, E]
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(emb, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring a dual encoder on the Shapes World
 
 
 @dataclass
@@ -311,14 +309,18 @@ def measure(model: CLIP, tokenizer, bench: ShapesBenchmarks) -> dict[str, float]
 SAVED_CLIPS = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP
 
 
-def load_clip(name: str, root=None) -> CLIP:
-    """A CLIP saved to the zoo by notebook 02 (`clip-shapes`, `negclip-shapes`), rebuilt from its record, fp32."""
+def _load_saved(name: str, root=None) -> tuple[CLIP, dict]:
     from .. import zoo
 
     state, record = zoo.load_checkpoint(name, root=root)
     model = CLIP(CLIPConfig.from_dict(record["config"]))
     model.load_state_dict(state)
-    return model.float()
+    return model.float(), record
+
+
+def load_clip(name: str, root=None) -> CLIP:
+    """A CLIP saved to the zoo by notebook 02 (`clip-shapes`, `negclip-shapes`), rebuilt from its record, fp32."""
+    return _load_saved(name, root)[0]
 
 
 def verify_clip(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
@@ -326,16 +328,11 @@ def verify_clip(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, st
     from .. import zoo
     from ..tokenizer import load_tokenizer
 
-    _, record = zoo.load_checkpoint(name, root=root)
+    model, record = _load_saved(name, root)
     recorded = record["metrics"]
-    model = load_clip(name, root)
     bench = ShapesBenchmarks.build(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000),
                                    model.config.vision.image_size)
-    now = measure(model, load_tokenizer(), bench)
-    differ = [f"{k}: recorded {recorded[k]:.4f}, measured {v:.4f}" for k, v in now.items()
-              if k in recorded and abs(v - recorded[k]) > tolerance]
-    summary = ", ".join(f"{k} {now[k]:.4f}" for k in ("t2i_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc"))
-    return not differ, ("re-measured " + summary) if not differ else "metrics differ: " + "; ".join(differ)
+    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), bench), tolerance)
 
 
 # ----------------------------------------------------------------------------------------------
