@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .params import is_int, is_number, require
+
 STRATEGIES = ("greedy", "sample", "beam")
 
 
@@ -102,24 +104,21 @@ def _beam_search(decoder: _Decoder, batch: int, num_beams: int, max_new_tokens: 
 
 def _validate(model, input_ids, inputs_embeds, attention_mask, max_new_tokens, strategy, temperature, top_k, top_p,
               num_beams, length_penalty) -> None:
-    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
-    is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
     checks = [
         (callable(getattr(model, "embed", None)), "model", type(model).__name__, "a model with embed(input_ids), e.g. CausalLM"),
         ((input_ids is None) != (inputs_embeds is None), "input_ids/inputs_embeds", "both or neither", "exactly one"),
         (is_int(max_new_tokens) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "an integer >= 1"),
         (strategy in STRATEGIES, "strategy", strategy, f"one of {STRATEGIES}"),
-        (is_num(temperature) and temperature > 0, "temperature", temperature, "a number > 0"),
+        (is_number(temperature) and temperature > 0, "temperature", temperature, "a number > 0"),
         (is_int(top_k) and top_k >= 0, "top_k", top_k, "an integer >= 0 (0: no top-k filter)"),
-        (is_num(top_p) and 0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1: no nucleus filter)"),
+        (is_number(top_p) and 0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1: no nucleus filter)"),
         (is_int(num_beams) and num_beams >= 1, "num_beams", num_beams, "an integer >= 1"),
-        (is_num(length_penalty), "length_penalty", length_penalty, "a finite number (1.0: score per token)"),
+        (is_number(length_penalty), "length_penalty", length_penalty, "a finite number (1.0: score per token)"),
         (attention_mask is None or bool(attention_mask[:, -1].all()), "attention_mask", "padding in the last column",
          "left padding: every prompt must end in the last column"),
     ]
-    for ok, name, value, allowed in checks:
-        if not ok:
-            raise ValueError(f"generate(): {name}={value!r} is not allowed; expected {allowed}")
+    for check in checks:
+        require(*check, where="generate()")
 
 
 @torch.no_grad()

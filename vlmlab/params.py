@@ -27,10 +27,21 @@ PROFILES = ("smoke", "cpu", "gpu")
 TYPE_NAMES = {int: "an int", float: "a float", str: "a str", bool: "a bool (True or False)"}
 
 
-def require(ok: bool, name: str, value, allowed: str) -> None:
-    """Raise a ValueError that names the argument, its value and what is allowed, unless `ok`."""
+def require(ok: bool, name: str, value, allowed: str, where: str = "") -> None:
+    """Raise a ValueError that names the argument, its value and what is allowed, unless `ok`.
+    `where` ('fit()') prefixes the message with the function the argument was given to."""
     if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
+        raise ValueError(f"{where + ': ' if where else ''}{name}={value!r} is not allowed; expected {allowed}")
+
+
+def is_int(x) -> bool:
+    """An int that is not a bool."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class ParameterError(ValueError):
@@ -168,8 +179,8 @@ def resolve_profile(profile: str) -> str:
         return profile
     forced = os.environ.get("VLMLAB_PROFILE")
     if forced:
-        if forced not in PROFILES or forced == "auto":
-            raise ParameterError(f"VLMLAB_PROFILE={forced!r} is not allowed: choose one of 'smoke', 'cpu', 'gpu'")
+        if forced not in PROFILES:
+            raise ParameterError(f"VLMLAB_PROFILE={forced!r} is not allowed: choose one of {', '.join(map(repr, PROFILES))}")
         return forced
     import torch  # imported here so that `python -m vlmlab` can check a PROFILE without loading torch
 

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .params import is_int, is_number, require
 from .zoo import CheckpointError, atomic_write_bytes, check_sha256, sha256_file, write_safetensors_atomic
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -98,19 +99,17 @@ def to_device(batch, device: torch.device | str):
 
 def _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_ratio, clip, precision,
               eval_fn, eval_every, ckpt_dir, ckpt_every, log_every) -> None:
-    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
-    is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
     checks = [
         (isinstance(model, torch.nn.Module), "model", model, "a torch.nn.Module"),
         (callable(loss_fn), "loss_fn", loss_fn, "a function (model, batch) -> loss or (loss, {name: float})"),
         (callable(batches), "batches", batches, "a function step -> batch"),
         (is_int(steps) and steps >= 1, "steps", steps, "an integer >= 1"),
-        (is_num(lr) and lr > 0, "lr", lr, "a number > 0"),
-        (is_num(weight_decay) and weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0"),
-        (is_num(warmup) and (0 <= warmup < 1 or (warmup == int(warmup) and warmup <= steps)), "warmup", warmup,
+        (is_number(lr) and lr > 0, "lr", lr, "a number > 0"),
+        (is_number(weight_decay) and weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0"),
+        (is_number(warmup) and (0 <= warmup < 1 or (warmup == int(warmup) and warmup <= steps)), "warmup", warmup,
          f"a fraction of the steps in [0, 1) or a whole number of steps <= steps={steps}"),
-        (is_num(min_lr_ratio) and 0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "a number in [0, 1]"),
-        (is_num(clip) and clip >= 0, "clip", clip, "a gradient norm > 0, or 0 for no clipping"),
+        (is_number(min_lr_ratio) and 0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "a number in [0, 1]"),
+        (is_number(clip) and clip >= 0, "clip", clip, "a gradient norm > 0, or 0 for no clipping"),
         (precision in PRECISIONS, "precision", precision, f"one of {PRECISIONS}"),
         (is_int(eval_every) and eval_every >= 0, "eval_every", eval_every, "an integer >= 0 (0: only at the end)"),
         (eval_every == 0 or eval_fn is not None, "eval_every", eval_every, "0 when there is no eval_fn"),
@@ -118,9 +117,8 @@ def _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_r
         (ckpt_every == 0 or ckpt_dir is not None, "ckpt_every", ckpt_every, "0 when there is no ckpt_dir"),
         (is_int(log_every) and log_every >= 1, "log_every", log_every, "an integer >= 1"),
     ]
-    for ok, name, value, allowed in checks:
-        if not ok:
-            raise ValueError(f"fit(): {name}={value!r} is not allowed; expected {allowed}")
+    for check in checks:
+        require(*check, where="fit()")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit(): the model has no parameter with requires_grad=True, so there is nothing to train")
 

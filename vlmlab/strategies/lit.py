@@ -28,14 +28,9 @@ from torch import nn
 
 from ..data.real import ImageText, load_rgb
 from ..evaluate import retrieval_recall
-from ..params import require
+from ..params import is_int, require
 from ..train import History, fit
 from .clip import contrastive_loss
-
-
-def _is_int(x, low: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= low
-
 
 # ----------------------------------------------------------------------------------------------
 # Frozen features, computed once
@@ -47,7 +42,7 @@ def embed_images(paths: Sequence, image_encoder, batch_size: int = 4) -> torch.T
 
     Small batches are faster on a CPU here: the activations of a few 224 x 224 images stay in cache.
     """
-    require(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
+    require(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an int >= 1")
     vectors = []
     for start in range(0, len(paths), batch_size):
         images = [load_rgb(path) for path in paths[start : start + batch_size]]
@@ -63,7 +58,7 @@ def embed_texts(texts: Sequence[str], text_encoder, batch_size: int = 64) -> tor
     Texts are batched shortest first, so a batch is padded only to its own longest text, not to the
     longest of all (one 100-character caption would otherwise pad all 785 to its length).
     """
-    require(_is_int(batch_size, 1), "batch_size", batch_size, "an int >= 1")
+    require(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an int >= 1")
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.zeros(len(texts), text_encoder.dims["vector"])
     for start in range(0, len(texts), batch_size):
@@ -84,7 +79,7 @@ def class_text(logits: torch.Tensor, class_embeddings: torch.Tensor, k: int = 5)
     -> unit vectors [N, Dt], the class-name embeddings of each image's top-k classes weighted by their probability."""
     require(logits.ndim == 2 and class_embeddings.ndim == 2 and logits.shape[1] == class_embeddings.shape[0],
            "logits/class_embeddings shapes", (tuple(logits.shape), tuple(class_embeddings.shape)), "[N, C] and [C, Dt]")
-    require(_is_int(k, 1) and k <= logits.shape[1], "k", k, f"an int in [1, {logits.shape[1]}]")
+    require(is_int(k) and 1 <= k <= logits.shape[1], "k", k, f"an int in [1, {logits.shape[1]}]")
     top = logits.softmax(dim=-1).topk(k, dim=-1)  # values, indices [N, k]
     weighted = top.values.unsqueeze(-1) * class_embeddings[top.indices]  # [N, k, Dt]
     return F.normalize(weighted.sum(dim=1), dim=-1)
@@ -118,8 +113,8 @@ class ProjectionHeads(nn.Module):
                  dropout: float = 0.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
         for name, value in (("image_dim", image_dim), ("text_dim", text_dim), ("embed_dim", embed_dim)):
-            require(_is_int(value, 1), name, value, "an int >= 1")
-        require(hidden is None or _is_int(hidden, 1), "hidden", hidden, "None (a linear head) or an int >= 1")
+            require(is_int(value) and value >= 1, name, value, "an int >= 1")
+        require(hidden is None or (is_int(hidden) and hidden >= 1), "hidden", hidden, "None (a linear head) or an int >= 1")
         require(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
         require(max_logit_scale > 0, "max_logit_scale", max_logit_scale, "a number > 0")
         require(init_temperature * max_logit_scale >= 1 - 1e-6, "init_temperature", init_temperature,
@@ -164,7 +159,8 @@ def train_heads(heads: ProjectionHeads, image_features: torch.Tensor, text_featu
     require(image_features.ndim == 2 and text_features.ndim == 2 and len(image_features) == len(text_features) >= 2,
            "image_features/text_features shapes", (tuple(image_features.shape), tuple(text_features.shape)),
            "[N, Di] and [N, Dt] with the same N >= 2")
-    require(batch_size is None or _is_int(batch_size, 2), "batch_size", batch_size, "None (all pairs) or an int >= 2")
+    require(batch_size is None or (is_int(batch_size) and batch_size >= 2), "batch_size", batch_size,
+            "None (all pairs) or an int >= 2")
     n = len(image_features)
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
