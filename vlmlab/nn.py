@@ -60,7 +60,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     else:
         weights = F.dropout(attention_weights(q, k, mask), p=p)  # [B, H, T, S]
         out = weights @ v  # [B, H, T, hd]
-    if empty is not None and empty.any():
+    if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out
 
@@ -263,6 +263,7 @@ class ViT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.dim, c.n_heads, c.mlp_ratio, c.dropout, norm_eps=c.norm_eps) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.pre_norm = nn.Identity()  # CLIP's image tower puts a LayerNorm here (strategies/clip.py)
         self.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
@@ -275,7 +276,7 @@ class ViT(nn.Module):
     def forward(self, images: torch.Tensor) -> ViTOutput:
         x = self.patch_embed(images)  # [B, N, D]
         cls = self.cls_token.expand(x.size(0), -1, -1)  # [B, 1, D]
-        x = self.drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # [B, 1 + N, D]
+        x = self.drop(self.pre_norm(torch.cat([cls, x], dim=1) + self.pos_embed))  # [B, 1 + N, D]
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)

@@ -28,7 +28,7 @@ from ..data.language import caption as caption_of
 from ..data.loaders import encode_texts, to_float
 from ..data.shapes import COLORS, SHAPES, SIZES
 from ..evaluate import paired_choice_accuracy, retrieval_metrics, zero_shot_accuracy
-from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, ViTOutput, hf_block_state
+from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, hf_block_state
 from ..params import require
 
 IMAGE_POOLS = ("cls", "grid")
@@ -72,22 +72,13 @@ class QuickGELU(nn.Module):
 
 
 class ImageTower(ViT):
-    """vlmlab.nn.ViT with an optional LayerNorm between the embeddings and the first block (CLIP's ln_pre).
+    """vlmlab.nn.ViT with a LayerNorm between the embeddings and the first block when `pre_norm` (CLIP's ln_pre).
     Without it (the default) it has exactly the ViT's weights, so a notebook-01 tiny ViT loads into it."""
 
     def __init__(self, config: ViTConfig, pre_norm: bool = False):
         super().__init__(config)
-        self.pre_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if pre_norm else nn.Identity()
-
-    def forward(self, images: torch.Tensor) -> ViTOutput:
-        """ViT.forward with `pre_norm` applied to the embedded tokens before the blocks."""
-        x = self.patch_embed(images)  # [B, N, D]
-        cls = self.cls_token.expand(x.size(0), -1, -1)  # [B, 1, D]
-        x = self.drop(self.pre_norm(torch.cat([cls, x], dim=1) + self.pos_embed))  # [B, 1 + N, D]
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
-        return ViTOutput(cls=x[:, 0], patches=x[:, 1:], hidden=x)
+        if pre_norm:
+            self.pre_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
 
 
 def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
