@@ -37,6 +37,7 @@ run: setup
 
 bench: setup
 	$(PY) bench/shapes_speed.py
+	$(PY) bench/prefix_lm_step.py
 
 assign: setup
 	$(PY) -m vlmlab assign

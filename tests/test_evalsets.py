@@ -45,3 +45,11 @@ def test_prompt_templates_cover_the_other_words():
     assert "a large red {}" in evalsets.prompt_templates("shape")
     with pytest.raises(ValueError, match="attribute='size'"):
         evalsets.prompt_templates("size")
+
+
+def test_vqa_questions_ask_about_their_scene_k_times():
+    scenes = evalsets.generation_scenes(seed=0, n=20)
+    index, qas = evalsets.vqa_questions(scenes, k=3)
+    assert len(qas) == 60 and index == [i for i in range(20) for _ in range(3)]
+    assert all(qa in language.vqa_pairs(scenes[i]) for i, qa in zip(index, qas))
+    assert all(s.split == "test" for s in scenes) and evalsets.generation_scenes(seed=0, n=20) == scenes

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from vlmlab.data.language import captions
-from vlmlab.data.shapes import SPLITS, Obj, Scene, ShapesWorld
+from vlmlab.data.shapes import COLORS, SPLITS, Obj, Scene, ShapesWorld
 from vlmlab.evaluate import (
     attribute_f1,
     caption_facts,
     caption_metrics,
+    caption_scores,
     group_scores,
     normalize_answer,
     paired_choice_accuracy,
@@ -222,3 +223,15 @@ def test_group_scores_follow_winoground_definitions():
     assert group_scores(torch.ones(4, 2, 2)) == {"text": 0.0, "image": 0.0, "group": 0.0}
     with pytest.raises(ValueError, match=r"\[N, 2, 2\]"):
         group_scores(torch.ones(2, 2))
+
+
+def test_caption_scores_reward_the_true_caption_and_punish_a_wrong_colour():
+    from vlmlab.data.language import caption
+
+    scenes = ShapesWorld(seed=0, min_objects=1, max_objects=1).scenes(20, "test")
+    right = caption_scores([caption(s) for s in scenes], scenes)
+    assert right["attr_f1"] == 1.0 and right["bleu4"] > 0.99 and right["cider"] > 5
+    other = {c: COLORS[(i + 1) % len(COLORS)] for i, c in enumerate(COLORS)}
+    wrong = [caption(s).replace(s.objects[0].color, other[s.objects[0].color]) for s in scenes]  # size and shape still right
+    scores = caption_scores(wrong, scenes)
+    assert scores["attr_f1"] == pytest.approx(2 / 3) and scores["cider"] < right["cider"]

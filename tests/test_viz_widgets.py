@@ -8,18 +8,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vlmlab import viz  # noqa: E402
-from vlmlab.data.language import caption, hard_negatives  # noqa: E402
+from vlmlab.data.language import caption, hard_negatives, vqa_pairs  # noqa: E402
 from vlmlab.data.loaders import encode_texts  # noqa: E402
 from vlmlab.data.shapes import ShapesWorld, render_array  # noqa: E402
 from vlmlab.nn import TextConfig, ViTConfig  # noqa: E402
 from vlmlab.strategies.clip import CLIP, CLIPConfig, zero_shot_classifier  # noqa: E402
 from vlmlab.tokenizer import load_tokenizer  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402
+    caption_explorer,
+    caption_table,
     describe_scene,
     retrieval_gallery,
     retrieve,
     scene_explorer,
     split_list,
+    vqa_box,
+    vqa_table,
     zero_shot_playground,
     zero_shot_probabilities,
 )
@@ -111,3 +115,38 @@ def test_retrieve_ranks_images_by_cosine_and_gallery_shows_k():
     assert indices[0] == int((image_emb @ text_emb[0]).argmax())
     app = retrieval_gallery(model, TOK, images, k=3)
     assert len(app.children[1].children) == 3
+
+
+def test_caption_table_scores_each_caption_against_the_scene():
+    scene = ShapesWorld(seed=0, min_objects=1, max_objects=1).scene(0, "test")
+    html = caption_table(scene, [(caption(scene), -1.5), ("a small white cross", -9.0)])
+    assert "1.00" in html and "-1.50" in html and "-9.00" in html and scene.objects[0].phrase in html
+
+
+def test_caption_explorer_asks_for_the_picked_decoding():
+    calls = []
+
+    def caption_fn(scene, strategy, num_beams):
+        calls.append((scene.index, strategy, num_beams))
+        return [(caption(scene), -1.0)]
+
+    app = caption_explorer(caption_fn)
+    controls = {w.description: w for w in app.children if hasattr(w, "description")}
+    controls["decoding"].value = "beam"
+    controls["beams"].value = 3
+    controls["scene"].value = 5
+    assert calls[0] == (0, "greedy", 4) and calls[-1] == (5, "beam", 3)
+    image, table = app.children[-1].children
+    assert bytes(image.value).startswith(b"\x89PNG") and "log p" in table.value
+
+
+def test_vqa_box_answers_and_shows_the_truth_for_the_worlds_questions():
+    asked = []
+    app = vqa_box(lambda scene, question: asked.append(question) or "yes")
+    controls = {w.description: w for w in app.children if hasattr(w, "description")}
+    controls["examples"].value = controls["examples"].options[2]
+    assert asked[-1] == controls["examples"].options[2] == controls["question"].value
+    scene = ShapesWorld(seed=0, min_objects=2, max_objects=2).scene(0, "test")
+    qa = next(q for q in vqa_pairs(scene) if q.answer == "yes")
+    assert "✓" in vqa_table(scene, qa.question, "yes") and "✗" in vqa_table(scene, qa.question, "no")
+    assert "truth" not in vqa_table(scene, "what is the meaning of life?", "42")

@@ -16,7 +16,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from .data.language import NUMBER_WORDS, plural
+from .data.language import NUMBER_WORDS, captions, plural
 from .data.shapes import COLORS, SHAPES, SIZES, Scene
 
 # ---------------------------------------------------------------- retrieval and zero-shot
@@ -230,6 +230,14 @@ def attribute_f1(captions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, 
     recall = hits / gold
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def caption_scores(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
+    """Generated captions against their scenes: attribute F1 / precision / recall (against the scene graph)
+    and BLEU-4, ROUGE-L, CIDEr (against every paraphrase in `language.captions`). Introduced in notebook 03."""
+    facts = attribute_f1(predictions, scenes)
+    text = caption_metrics(predictions, [captions(scene) for scene in scenes])
+    return {"attr_f1": facts["f1"], "attr_precision": facts["precision"], "attr_recall": facts["recall"]} | text
 
 
 # ---------------------------------------------------------------- compositionality probes

@@ -72,6 +72,18 @@ def causal_mask(T: int, S: int | None = None, device: torch.device | str | None 
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
+def prefix_mask(T: int, S: int | None = None, prefix_len: int | torch.Tensor = 0,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """A causal mask whose first `prefix_len` positions every query may see: [T, S] for an int prefix_len,
+    [B, 1, T, S] for a LongTensor [B] of them. Inside the prefix attention is bidirectional, after it causal
+    (SimVLM's PrefixLM). Introduced in notebook 03."""
+    mask = causal_mask(T, S, device)  # [T, S]
+    keys = torch.arange(mask.size(1), device=device)  # [S]
+    if isinstance(prefix_len, torch.Tensor):
+        return mask | (keys < prefix_len.to(device)[:, None, None, None])  # [B, 1, T, S]
+    return mask | (keys < prefix_len)  # [T, S]
+
+
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, S] with 1 on real tokens and 0 on padding -> [B, 1, 1, S] bool key mask. Introduced in notebook 01."""
     return attention_mask.bool()[:, None, None, :]
@@ -300,6 +312,7 @@ class TextConfig:
     norm_eps: float = 1e-5
     activation: str = "gelu"
     pad_token_id: int = 0  # the tokenizer's padding id, kept with the model for collators and generate()
+    cross_attention_dim: int | None = None  # width of a context every block cross-attends to (VirTex, notebook 03)
 
     def __post_init__(self):
         require(self.vocab_size >= 1, "vocab_size", self.vocab_size, "an integer >= 1")
@@ -310,7 +323,8 @@ class TextConfig:
 
 class TextTransformer(nn.Module):
     """Token + learned position embeddings, pre-norm blocks, final LayerNorm. Causal (GPT) or bidirectional
-    (BERT) as `config.causal` says. Introduced in notebook 01."""
+    (BERT) as `config.causal` says; with `config.cross_attention_dim` every block also cross-attends to a
+    context (a text decoder over image features). Introduced in notebook 01."""
 
     def __init__(self, config: TextConfig):
         super().__init__()
@@ -318,18 +332,23 @@ class TextTransformer(nn.Module):
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads, c.mlp_ratio, c.dropout, activation=c.activation, norm_eps=c.norm_eps)
+        cross = c.cross_attention_dim is not None
+        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads, c.mlp_ratio, c.dropout, cross_attention=cross,
+                                          kv_dim=c.cross_attention_dim, activation=c.activation, norm_eps=c.norm_eps)
                                     for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         self.apply(_init_weights)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, past_key_values: list[KVCache] | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, past_key_values: list[KVCache] | None = None,
+                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] or inputs_embeds [B, T, D] (token embeddings, positions not yet added) -> [B, T, D].
 
         attention_mask [B, past + T]: 1 on real tokens, 0 on padding, covering the cached tokens too.
         A token's position is the number of real tokens before it, so left padding changes nothing.
-        past_key_values: one KVCache per block, extended in place (causal models only)."""
+        past_key_values: one KVCache per block, extended in place (causal models only).
+        prefix_len (causal models, notebook 03): the first prefix_len positions (an int, or [B]) attend to
+        each other both ways. context [B, S, cross_attention_dim]: what the blocks cross-attend to."""
         require((input_ids is None) != (inputs_embeds is None), "input_ids/inputs_embeds", "both or neither", "exactly one")
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         B, T, _ = x.shape
@@ -347,10 +366,14 @@ class TextTransformer(nn.Module):
             require(tuple(attention_mask.shape) == (B, S), "attention_mask.shape", tuple(attention_mask.shape), f"{(B, S)}")
             positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, past:]  # [B, T]
             mask = padding_mask(attention_mask)  # [B, 1, 1, S]
+        causal = self.config.causal
+        if prefix_len is not None:
+            require(causal, "prefix_len", prefix_len, "None for a bidirectional model")
+            mask, causal = combine_masks(mask, prefix_mask(T, S, prefix_len, x.device)), False
         x = self.drop(x + self.pos_emb(positions))
         caches = past_key_values if past_key_values is not None else [None] * len(self.blocks)
         for block, cache in zip(self.blocks, caches):
-            x = block(x, mask=mask, causal=self.config.causal, kv_cache=cache)
+            x = block(x, mask=mask, causal=causal, context=context, kv_cache=cache)
         return self.norm(x)
 
 
@@ -382,13 +405,15 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                past_key_values: list[KVCache] | None = None, use_cache: bool = False) -> LMOutput:
+                past_key_values: list[KVCache] | None = None, use_cache: bool = False,
+                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None) -> LMOutput:
         """Logits for the next token at every position. `inputs_embeds` lets later notebooks put a visual
         prefix in front of `embed(input_ids)`. `use_cache=True` starts a KV cache; pass it back as
-        `past_key_values` with only the new tokens (and the full attention_mask) to decode step by step."""
+        `past_key_values` with only the new tokens (and the full attention_mask) to decode step by step.
+        `prefix_len` and `context`: see `TextTransformer.forward`."""
         if use_cache and past_key_values is None:
             past_key_values = [KVCache() for _ in self.transformer.blocks]
-        hidden = self.transformer(input_ids, attention_mask, inputs_embeds, past_key_values)  # [B, T, D]
+        hidden = self.transformer(input_ids, attention_mask, inputs_embeds, past_key_values, prefix_len, context)  # [B, T, D]
         logits = F.linear(hidden, self.transformer.tok_emb.weight)  # [B, T, V]
         loss = next_token_loss(logits, labels) if labels is not None else None
         return LMOutput(logits, loss, past_key_values)

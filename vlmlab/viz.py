@@ -76,7 +76,7 @@ def training_curves(history, keys: Sequence[str] = ("loss",), smooth: int = 10):
     ax = axes[0, 0]
     for key in keys:
         values = np.asarray(h[key], dtype=float)
-        ax.plot(h["steps"], values, alpha=0.3)
+        ax.plot(h["steps"], values, alpha=0.3, label=None if len(values) > smooth else key)
         if len(values) > smooth:
             kernel = np.ones(smooth) / smooth
             ax.plot(h["steps"][smooth - 1:], np.convolve(values, kernel, mode="valid"), label=f"{key} (avg {smooth})")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Callable
 
 import ipywidgets as W
 import numpy as np
 import torch
 from PIL import Image
 
-from .data.language import captions, hard_negatives, instructions, vqa_pairs
+from .data.language import captions, hard_negatives, instructions, sample_vqa, vqa_pairs
 from .data.shapes import SPLITS, Scene, ShapesWorld, render_array
 from .strategies import clip
 
@@ -155,3 +156,80 @@ def retrieval_gallery(model, tokenizer, images: torch.Tensor, k: int = 8) -> W.W
     query.observe(update, names="value")
     update()
     return W.VBox([query, shown])
+
+
+def _scene_controls(n_objects: int = 2) -> dict[str, W.Widget]:
+    """Split, scene index and object count: the scene pickers of the generation apps (notebooks 03-04)."""
+    wide = W.Layout(width="360px")
+    return {"split": W.Dropdown(options=SPLITS, value="test", description="split", layout=wide),
+            "index": W.IntSlider(value=0, min=0, max=199, description="scene", layout=wide),
+            "objects": W.IntSlider(value=n_objects, min=1, max=4, description="objects", layout=wide)}
+
+
+def _picked_scene(controls: dict[str, W.Widget], seed: int) -> Scene:
+    n = controls["objects"].value
+    return ShapesWorld(seed=seed, min_objects=n, max_objects=n).scene(controls["index"].value, controls["split"].value)
+
+
+def caption_table(scene: Scene, captioned: list[tuple[str, float]]) -> str:
+    """HTML: the scene's true objects, then each (caption, log-probability) with the attribute F1 of that
+    caption against the scene graph."""
+    from .evaluate import attribute_f1
+
+    rows = "".join(f"<tr><td>{html.escape(text)}</td><td>{logp:.2f}</td><td>{attribute_f1([text], [scene])['f1']:.2f}</td></tr>"
+                   for text, logp in captioned)
+    return (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}"
+            f"<table><tr><th>caption</th><th>log p</th><th>attribute F1</th></tr>{rows}</table>")
+
+
+def caption_explorer(caption_fn: Callable[[Scene, str, int], list[tuple[str, float]]], seed: int = 0) -> W.Widget:
+    """Notebooks 03-04. Pick a scene and a decoding strategy; see the model's captions with their
+    log-probabilities. `caption_fn(scene, strategy, num_beams)` -> [(caption, log p), ...]."""
+    controls = _scene_controls() | {
+        "strategy": W.ToggleButtons(options=["greedy", "beam"], value="greedy", description="decoding"),
+        "beams": W.IntSlider(value=4, min=1, max=8, description="beams", layout=W.Layout(width="360px")),
+    }
+    image, table = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def update(_=None) -> None:
+        scene = _picked_scene(controls, seed)
+        image.value = _png(render_array(scene, 64), 192)
+        table.value = caption_table(scene, caption_fn(scene, controls["strategy"].value, controls["beams"].value))
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    return W.VBox([*controls.values(), W.HBox([image, table])])
+
+
+def vqa_table(scene: Scene, question: str, answer: str) -> str:
+    """HTML: the model's answer and, when `question` is one the world can ask of this scene, the true answer."""
+    truth = {qa.question: qa.answer for qa in vqa_pairs(scene)}.get(question.strip().lower())
+    verdict = "" if truth is None else f" — truth: <b>{html.escape(truth)}</b> {'✓' if truth == answer.strip() else '✗'}"
+    return f"<b>answer</b>: {html.escape(answer)}{verdict}"
+
+
+def vqa_box(answer_fn: Callable[[Scene, str], str], seed: int = 0) -> W.Widget:
+    """Notebooks 03-04. Pick a scene, type a question (or pick one the world asks); see the model's answer
+    and, for the world's questions, the truth. `answer_fn(scene, question)` -> answer."""
+    controls = _scene_controls()
+    suggested = W.Dropdown(description="examples", layout=W.Layout(width="460px"))
+    question = W.Text(value="how many objects are there?", description="question", layout=W.Layout(width="460px"))
+    image, shown = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def new_scene(_=None) -> None:
+        scene = _picked_scene(controls, seed)
+        image.value = _png(render_array(scene, 64), 192)
+        suggested.options = [qa.question for qa in sample_vqa(scene, k=7, salt="widget")]
+        ask()
+
+    def ask(_=None) -> None:
+        scene = _picked_scene(controls, seed)
+        shown.value = vqa_table(scene, question.value, answer_fn(scene, question.value))
+
+    for w in controls.values():
+        w.observe(new_scene, names="value")
+    suggested.observe(lambda change: setattr(question, "value", change["new"] or question.value), names="value")
+    question.observe(ask, names="value")
+    new_scene()
+    return W.VBox([*controls.values(), suggested, question, W.HBox([image, shown])])

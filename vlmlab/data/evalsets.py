@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .language import caption, hard_negatives
+from .language import QA, caption, hard_negatives, sample_vqa
 from .shapes import COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
 
 ATTRIBUTE_NAMES = {"color": COLORS, "shape": SHAPES}
@@ -48,6 +48,18 @@ def single_objects(seed: int = 0, n: int = 1000, split: str = "test") -> list[Sc
 def heldout_objects(seed: int = 0, n: int = 500) -> list[Scene]:
     """`n` one-object scenes whose colour-shape pair never occurs in training (compositional generalisation)."""
     return single_objects(seed, n, "heldout")
+
+
+def generation_scenes(seed: int = 0, n: int = 1000, split: str = "test") -> list[Scene]:
+    """`n` scenes of 1-4 objects: the captioning and VQA benchmark of the generative notebooks (03 on)."""
+    return ShapesWorld(seed=seed).scenes(n, split)
+
+
+def vqa_questions(scenes: list[Scene], k: int = 3, salt: str = "eval") -> tuple[list[int], list[QA]]:
+    """`k` questions of distinct types per scene (`language.sample_vqa`) and the index of the scene each asks
+    about. Introduced in notebook 03."""
+    rows = [(i, qa) for i, scene in enumerate(scenes) for qa in sample_vqa(scene, k, salt)]
+    return [i for i, _ in rows], [qa for _, qa in rows]
 
 
 @dataclass

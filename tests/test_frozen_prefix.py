@@ -1,0 +1,134 @@
+"""Frozen LM + trained visual prefix (notebook 04): mappers, what trains, the LM checksum, captions, few-shot."""
+
+import pytest
+import torch
+
+from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
+from vlmlab.nn import CausalLM, TextConfig, ViT, ViTConfig
+from vlmlab.strategies import frozen_prefix as FP
+from vlmlab.tokenizer import load_tokenizer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def small_lm(max_len: int = 24) -> CausalLM:
+    torch.manual_seed(0)
+    return CausalLM(TextConfig(vocab_size=512, max_len=max_len, dim=32, depth=2, n_heads=2))
+
+
+@pytest.mark.parametrize("mapper", [FP.MLPMapper(8, 32, k=3, hidden=16), FP.TransformerMapper(8, 32, k=3, dim=16)])
+def test_mappers_turn_image_features_into_k_prefix_vectors(mapper):
+    assert mapper(torch.randn(5, 4, 8)).shape == (5, 3, 32)
+
+
+def test_the_mlp_mapper_reads_only_the_first_token():
+    mapper = FP.MLPMapper(8, 32, k=2, hidden=16)
+    x = torch.randn(2, 4, 8)
+    y = x.clone()
+    y[:, 1:] = 0
+    assert torch.equal(mapper(x), mapper(y)) and torch.equal(mapper(x), mapper(x[:, 0]))
+
+
+def test_training_the_prefix_moves_the_mapper_and_never_the_lm(tok):
+    lm = small_lm()
+    model = FP.PrefixCaptioner(lm, FP.TransformerMapper(8, 32, k=3, dim=16))
+    text = encode_texts(tok, ["", ""], ["a large red star", "a small blue circle"], max_length=20)
+    batch = {"inputs": torch.randn(2, 4, 8), "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+             "labels": text.labels}
+    before_lm, before_mapper = FP.checksum(lm), FP.checksum(model.mapper)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(30):
+        loss, _ = FP.batch_loss(model, batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+    assert FP.checksum(lm) == before_lm and FP.checksum(model.mapper) != before_mapper
+    assert not lm.training  # the frozen LM stays in eval mode (no dropout) while the captioner trains
+
+
+def test_the_prefix_takes_no_loss(tok):
+    lm = small_lm()
+    model = FP.PrefixCaptioner(lm, FP.MLPMapper(8, 32, k=3, hidden=16))
+    text = encode_texts(tok, [""], ["a large red star"], max_length=20)
+    out = model(torch.randn(1, 4, 8), text)
+    expected = lm(inputs_embeds=torch.cat([model.prefix(torch.randn(1, 4, 8)) * 0, model.embed(text.input_ids)], dim=1),
+                  attention_mask=torch.ones(1, 3 + text.input_ids.size(1), dtype=torch.long))
+    assert out.logits.shape == expected.logits.shape
+    # the loss is the mean over the caption tokens only: recompute it from the logits
+    labels = torch.cat([torch.full((1, 3), IGNORE_INDEX), text.labels], dim=1)
+    manual = torch.nn.functional.cross_entropy(out.logits[0, :-1], labels[0, 1:], ignore_index=IGNORE_INDEX)
+    assert torch.allclose(out.loss, manual)
+
+
+def test_the_frozen_variant_trains_its_vision_encoder_from_images():
+    vit = ViT(ViTConfig(image_size=16, patch_size=8, dim=8, depth=1, n_heads=2))
+    model = FP.PrefixCaptioner(small_lm(), FP.MLPMapper(8, 32, k=2, hidden=16), vision=vit)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert model.prefix(images).shape == (2, 2, 32)
+    rows = {r["part"]: r for r in FP.parameter_table({"vision": vit, "mapper": model.mapper, "lm": model.lm})}
+    assert rows["vision"]["trainable"] == rows["vision"]["params"] > 0
+    assert rows["lm"]["trainable"] == 0 and rows["lm"]["params"] == sum(p.numel() for p in model.lm.parameters())
+    assert rows["total"]["trainable"] == rows["vision"]["params"] + rows["mapper"]["params"]
+
+
+def test_checksum_changes_with_any_weight():
+    lm = small_lm()
+    before = FP.checksum(lm)
+    with torch.no_grad():
+        lm.transformer.blocks[1].ln2.bias[3] += 1e-6
+    assert FP.checksum(lm) != before
+
+
+def test_generate_captions_overfits_two_images(tok):
+    """The LM first learns both captions as text (it cannot know which image is which); then, frozen, it
+    must be steered by the trained prefix to say each image's own caption."""
+    lm = small_lm()
+    captions = ["a large red star", "a small blue circle"]
+    text = encode_texts(tok, captions, max_length=20)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = lm(text.input_ids, attention_mask=text.attention_mask, labels=text.labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model = FP.PrefixCaptioner(lm, FP.TransformerMapper(8, 32, k=3, dim=16))
+    features = torch.randn(2, 4, 8)
+    text = encode_texts(tok, ["", ""], captions, max_length=20)
+    batch = {"inputs": features, "input_ids": text.input_ids, "attention_mask": text.attention_mask, "labels": text.labels}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(200):
+        loss, _ = FP.batch_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert FP.generate_captions(model, tok, features) == captions
+
+
+def test_interleave_builds_one_sequence_and_refuses_one_too_long(tok):
+    model = FP.PrefixCaptioner(small_lm(max_len=24), FP.MLPMapper(8, 32, k=3, hidden=16))
+    shot = (torch.randn(4, 8), "a large red star")
+    n_shot = 3 + 1 + len(tok.encode("a large red star"))
+    embeds = FP.interleave(model, tok, [shot], torch.randn(4, 8), "a")
+    assert embeds.shape == (1, n_shot + 3 + 1 + 1, 32)
+    with pytest.raises(ValueError, match="max_len=24"):
+        FP.interleave(model, tok, [shot] * 3, torch.randn(4, 8))
+
+
+def test_a_saved_mapper_loads_back_with_its_config(tmp_path):
+    torch.manual_seed(0)
+    mapper = FP.TransformerMapper(8, 32, k=3, dim=16, depth=2)
+    FP.save_mapper("m", mapper, {"attr_f1": 0.5}, root=tmp_path)
+    back = FP.load_mapper("m", root=tmp_path)
+    assert back.config == mapper.config
+    x = torch.randn(2, 4, 8)
+    torch.testing.assert_close(back(x), mapper(x), atol=2e-3, rtol=2e-3)  # saved as fp16

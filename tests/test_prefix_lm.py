@@ -1,0 +1,137 @@
+"""PrefixLM (notebook 03): the prefix mask, the joined sequence, text-only initialisation, generation and VirTex."""
+
+import random
+
+import pytest
+import torch
+
+from vlmlab.data.language import QA
+from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
+from vlmlab.nn import CausalLM, TextConfig, prefix_mask
+from vlmlab.strategies import prefix_lm as P
+from vlmlab.tokenizer import load_tokenizer
+
+torch.set_num_threads(1)
+CONFIG = P.PrefixLMConfig(vision_dim=8, n_image_tokens=3, text_len=24, dim=32, depth=2, n_heads=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def test_prefix_mask_is_bidirectional_inside_the_prefix_and_causal_after():
+    expected = torch.tensor([[1, 1, 1, 0, 0],
+                             [1, 1, 1, 0, 0],
+                             [1, 1, 1, 0, 0],
+                             [1, 1, 1, 1, 0],
+                             [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(prefix_mask(5, prefix_len=3), expected)
+    assert torch.equal(prefix_mask(5, prefix_len=0), torch.ones(5, 5).tril().bool())
+    per_row = prefix_mask(5, prefix_len=torch.tensor([3, 0]))  # [2, 1, 5, 5]
+    assert per_row.shape == (2, 1, 5, 5) and torch.equal(per_row[0, 0], expected) and torch.equal(per_row[1, 0], expected.tril())
+    # with a KV cache: two new queries at positions 3 and 4 of 5 keys
+    assert torch.equal(prefix_mask(2, 5, prefix_len=3), expected[3:])
+
+
+def test_prefix_tokens_see_later_prefix_tokens_but_not_the_continuation():
+    torch.manual_seed(0)
+    lm = CausalLM(TextConfig(vocab_size=20, max_len=8, dim=16, depth=2, n_heads=2)).eval()
+    ids = torch.randint(3, 20, (1, 6))
+    changed = ids.clone()
+    changed[0, 2] = (ids[0, 2] + 1) % 20  # a later prefix token
+    out = lambda x, p: lm(x, prefix_len=p).logits
+    assert not torch.allclose(out(ids, 4)[0, 0], out(changed, 4)[0, 0])  # position 0 sees position 2 in the prefix
+    assert torch.allclose(out(ids, 0)[0, 0], out(changed, 0)[0, 0])  # plain causal: it does not
+    after = ids.clone()
+    after[0, 5] = (ids[0, 5] + 1) % 20  # a continuation token
+    assert torch.allclose(out(ids, 4)[0, :5], out(after, 4)[0, :5])
+
+
+def test_join_puts_the_image_first_and_counts_the_prompt_into_the_prefix(tok):
+    model = P.PrefixLM(CONFIG)
+    text = encode_texts(tok, ["", "question: is there a star? answer:"], ["a large red star", " yes"], max_length=24)
+    inputs = P.join(model, torch.randn(2, 3, 8), text)
+    T = text.input_ids.size(1)
+    assert inputs["inputs_embeds"].shape == (2, 3 + T, 32)
+    assert (inputs["labels"][:, :3] == IGNORE_INDEX).all() and torch.equal(inputs["labels"][:, 3:], text.labels)
+    n_prompt = 1 + len(tok.encode("question: is there a star? answer:"))  # <bos> + question
+    assert inputs["prefix_len"].tolist() == [3 + 1, 3 + n_prompt]
+    loss, _ = P.batch_loss(model, {"features": torch.randn(2, 3, 8), "input_ids": text.input_ids,
+                                   "attention_mask": text.attention_mask, "labels": text.labels})
+    assert torch.isfinite(loss)
+
+
+def test_embed_image_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"features.shape.*\[B, 3, 8\]"):
+        P.PrefixLM(CONFIG).embed_image(torch.randn(2, 4, 8))
+
+
+def test_split_caption_keeps_the_words_and_a_nonempty_continuation():
+    rng = random.Random(0)
+    caption = "a large red star left of a small blue circle"
+    for _ in range(50):
+        prefix, rest = P.split_caption(caption, rng)
+        assert (prefix + rest) == caption and rest.strip()
+    assert {P.split_caption("a star", random.Random(s))[0] for s in range(20)} == {"", "a"}
+
+
+def test_training_texts_mix_captions_completions_and_questions():
+    prompts, targets = P.training_texts(["a large red star"] * 40, [QA("is there a star?", "yes", "exists")], seed=0)
+    assert len(prompts) == 41 and prompts[-1] == "question: is there a star? answer:" and targets[-1] == " yes"
+    assert 0 < sum(p != "" for p in prompts[:40]) < 40  # some captions are split, some whole
+
+
+def test_from_text_lm_copies_the_text_model_and_places_its_positions_after_the_image():
+    torch.manual_seed(0)
+    text_lm = CausalLM(TextConfig(vocab_size=512, max_len=8, dim=32, depth=2, n_heads=2))
+    model = P.from_text_lm(CONFIG, text_lm)
+    ours, theirs = model.lm.transformer, text_lm.transformer
+    assert torch.equal(ours.tok_emb.weight, theirs.tok_emb.weight)
+    assert torch.equal(ours.blocks[1].mlp.fc.weight, theirs.blocks[1].mlp.fc.weight)
+    assert torch.equal(ours.pos_emb.weight[3:11], theirs.pos_emb.weight)
+    with pytest.raises(ValueError, match="text_lm.config"):
+        P.from_text_lm(CONFIG, CausalLM(TextConfig(vocab_size=512, dim=16, depth=2, n_heads=2)))
+
+
+@pytest.mark.parametrize("kind", ["prefix", "virtex"])
+def test_generation_is_the_same_with_and_without_the_kv_cache_and_beams_run(tok, kind):
+    torch.manual_seed(0)
+    model = (P.PrefixLM if kind == "prefix" else P.VirTex)(CONFIG)
+    features, prompts = torch.randn(3, 3, 8), ["", "a large", "question: is there a star? answer:"]
+    cached = P.generate_text(model, tok, features, prompts, max_new_tokens=5, use_cache=True)
+    uncached = P.generate_text(model, tok, features, prompts, max_new_tokens=5, use_cache=False)
+    assert cached == uncached and len(cached) == 3
+    beams = P.generate_text(model, tok, features, prompts, max_new_tokens=5, strategy="beam", num_beams=3)
+    assert len(beams) == 3 and all(isinstance(b, str) for b in beams)
+
+
+def test_greedy_decoding_returns_the_continuation_a_trained_model_prefers(tok):
+    """Overfit two images to two captions; greedy decoding must read them back and the log-probability of
+    each image's own caption must beat the other's."""
+    torch.manual_seed(0)
+    model = P.PrefixLM(CONFIG)
+    captions = ["a large red star", "a small blue circle"]
+    features = torch.randn(2, 3, 8)
+    text = encode_texts(tok, ["", ""], captions, max_length=16)
+    batch = {"features": features, "input_ids": text.input_ids, "attention_mask": text.attention_mask, "labels": text.labels}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss, _ = P.batch_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert P.generate_text(model, tok, features) == captions
+    own = P.continuation_logprob(model, tok, features, ["", ""], captions)
+    swapped = P.continuation_logprob(model, tok, features, ["", ""], captions[::-1])
+    assert (own > swapped).all() and (own < 0).all()
+
+
+def test_a_saved_prefix_lm_loads_back(tmp_path):
+    torch.manual_seed(0)
+    model = P.PrefixLM(CONFIG)
+    P.save("p", model, {"caption_attr_f1": 0.5}, root=tmp_path)
+    back = P.load("p", root=tmp_path)
+    assert back.config == CONFIG
+    ids = torch.randint(3, 512, (2, 5))
+    torch.testing.assert_close(back(ids).logits, model(ids).logits, atol=2e-2, rtol=2e-2)  # saved as fp16

@@ -1,0 +1,190 @@
+"""A frozen language model steered by a trained visual prefix (Frozen, ClipCap, MAPL). Introduced in notebook 04.
+
+    image features --mapper--> k prefix vectors [B, k, D_lm] --+
+                                                               +--> frozen LM --> caption
+    caption tokens --frozen embedding---------> [B, T, D_lm] --+
+
+Only the mapper learns (ClipCap, MAPL), or the mapper and the vision encoder (Frozen). The gradient still
+flows back THROUGH the frozen LM to reach the prefix; the LM's weights just never change. Two mappers:
+
+- `MLPMapper` (ClipCap's MLP): one global image vector -> k prefix vectors through one hidden layer.
+- `TransformerMapper` (ClipCap's transformer mapper, MAPL's design): k learned query vectors read the
+  image tokens through a small bidirectional transformer; the outputs at the queries are the prefix.
+
+The LM may be `vlmlab.nn.CausalLM` (tiny-gpt) or a Hugging Face causal LM (SmolLM2 on the real track):
+both take `inputs_embeds`, `attention_mask` and `labels` and shift the labels the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from .. import zoo
+from ..data.loaders import IGNORE_INDEX, TextBatch, to_float
+from ..generation import generate
+from ..nn import Block
+from ..params import require
+
+
+class MLPMapper(nn.Module):
+    """ClipCap's MLP mapper: [B, in_dim] -> [B, k, lm_dim]. Introduced in notebook 04."""
+
+    def __init__(self, in_dim: int, lm_dim: int, k: int, hidden: int = 256):
+        super().__init__()
+        self.k, self.lm_dim = k, lm_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, k * lm_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, N, in_dim] (the first token, CLS, is read) or [B, in_dim] -> [B, k, lm_dim]."""
+        vector = features[:, 0] if features.ndim == 3 else features  # [B, in_dim]
+        return self.net(vector).view(len(vector), self.k, self.lm_dim)
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's transformer mapper: k learned queries appended to the projected image tokens go through
+    `depth` bidirectional blocks; the outputs at the queries, projected to lm_dim, are the prefix.
+    [B, N, in_dim] -> [B, k, lm_dim]. Introduced in notebook 04."""
+
+    def __init__(self, in_dim: int, lm_dim: int, k: int, dim: int = 64, depth: int = 1, n_heads: int = 4):
+        super().__init__()
+        self.k = k
+        self.config = {"in_dim": in_dim, "lm_dim": lm_dim, "k": k, "dim": dim, "depth": depth, "n_heads": n_heads}
+        self.inp = nn.Linear(in_dim, dim)
+        self.queries = nn.Parameter(torch.randn(1, k, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, n_heads) for _ in range(depth))
+        self.out = nn.Linear(dim, lm_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.inp(features)  # [B, N, dim]
+        x = torch.cat([x, self.queries.expand(len(x), -1, -1)], dim=1)  # [B, N + k, dim]
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x[:, -self.k :])  # [B, k, lm_dim]
+
+
+def save_mapper(name: str, mapper: TransformerMapper, metrics: dict, root=None):
+    """Save a transformer mapper to the zoo (fp16 safetensors, its config and metrics); returns the path.
+    The frozen LM and vision encoder are not saved: they are notebook 01's, unchanged."""
+    return zoo.save_checkpoint(name, mapper.state_dict(), mapper.config, metrics, root=root, dtype="fp16")
+
+
+def load_mapper(name: str, root=None) -> TransformerMapper:
+    """A transformer mapper saved with `save_mapper` (notebook 04 ships `frozen-prefix-shapes`), fp32."""
+    state, record = zoo.load_checkpoint(name, root=root)
+    mapper = TransformerMapper(**record["config"])
+    mapper.load_state_dict(state)
+    return mapper.float()
+
+
+def token_embeddings(lm: nn.Module) -> nn.Embedding:
+    """The LM's input embedding table: `get_input_embeddings()` (Hugging Face) or `transformer.tok_emb` (ours)."""
+    return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.transformer.tok_emb
+
+
+class PrefixCaptioner(nn.Module):
+    """A frozen LM, a trained mapper and optionally a vision encoder that trains too (Frozen).
+    Introduced in notebook 04.
+
+    Without `vision` the inputs are precomputed image features [B, N, Dv]; with it they are uint8 images,
+    and the features are `vision(images).hidden`."""
+
+    def __init__(self, lm: nn.Module, mapper: nn.Module, vision: nn.Module | None = None):
+        super().__init__()
+        self.lm, self.mapper, self.vision = lm, mapper, vision
+        self.lm.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> PrefixCaptioner:
+        super().train(mode)
+        self.lm.eval()  # frozen: no dropout either
+        return self
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return token_embeddings(self.lm)(input_ids)  # [B, T, D_lm]
+
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Images (with a vision encoder) or features -> the visual prefix [B, k, D_lm]."""
+        features = inputs if self.vision is None else self.vision(to_float(inputs)).hidden  # [B, N, Dv]
+        return self.mapper(features)
+
+    def forward(self, inputs: torch.Tensor, text: TextBatch):
+        """The LM's output (with .loss) for [prefix | text]; labels are -100 on the prefix."""
+        prefix = self.prefix(inputs)  # [B, k, D]
+        B, k = prefix.shape[:2]
+        ones = text.attention_mask.new_ones(B, k)
+        return self.lm(inputs_embeds=torch.cat([prefix, self.embed(text.input_ids)], dim=1),
+                       attention_mask=torch.cat([ones, text.attention_mask], dim=1),
+                       labels=torch.cat([torch.full_like(ones, IGNORE_INDEX), text.labels], dim=1))
+
+
+def batch_loss(model: PrefixCaptioner, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The captioning loss for `vlmlab.train.fit`. batch: "inputs" (features or images), input_ids,
+    attention_mask, labels."""
+    text = TextBatch(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return model(batch["inputs"], text).loss, {}
+
+
+# ---------------------------------------------------------------- what is frozen, what trains
+
+
+def checksum(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer, in order: equal before and after training means untouched."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
+    """One row per named part: its parameters and how many of them train; plus a "total" row."""
+    rows = [{"part": name, "params": sum(p.numel() for p in m.parameters()),
+             "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad)} for name, m in parts.items()]
+    total = {"part": "total", "params": sum(r["params"] for r in rows), "trainable": sum(r["trainable"] for r in rows)}
+    return rows + [total]
+
+
+# ---------------------------------------------------------------- captions, greedy or beam
+
+
+@torch.no_grad()
+def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, prompt: str = "", max_new_tokens: int = 24,
+                      batch_size: int = 256, **generate_kwargs) -> list[str]:
+    """Caption each image (features or images): prefix, then <bos> + prompt, then the LM continues.
+    `vlmlab.generation.generate` drives our CausalLM; generate_kwargs go to it. Introduced in notebook 04."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(prompt)], device=device)  # [1, T]
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        prefix = model.prefix(inputs[start : start + batch_size].to(device))  # [b, k, D]
+        embeds = torch.cat([prefix, model.embed(ids).expand(len(prefix), -1, -1)], dim=1)  # [b, k + T, D]
+        room = room_left(model.lm, embeds.size(1))
+        new = generate(model.lm, inputs_embeds=embeds, max_new_tokens=min(max_new_tokens, room),
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+        out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+def room_left(lm: nn.Module, used: int) -> int:
+    """How many tokens fit after `used` positions: the LM's max_len minus used (unbounded for HF models)."""
+    max_len = getattr(getattr(lm, "config", None), "max_len", None)
+    require(max_len is None or used < max_len, "prompt", f"{used} positions", f"fewer than the LM's max_len={max_len}")
+    return 10**9 if max_len is None else max_len - used
+
+
+def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor, str]], query: torch.Tensor,
+               query_text: str = "") -> torch.Tensor:
+    """Frozen's few-shot prompt: [prefix(img_1)] <bos> text_1 [prefix(img_2)] <bos> text_2 ... [prefix(query)]
+    <bos> query_text, as one sequence of embeddings [1, S, D]. Each shot is (input [N, Dv] or image, text).
+    Introduced in notebook 04."""
+    device = next(model.parameters()).device
+    parts = []
+    for inputs, text in [*shots, (query, query_text)]:
+        ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(text)], device=device)
+        parts += [model.prefix(inputs[None].to(device)), model.embed(ids)]
+    embeds = torch.cat(parts, dim=1)  # [1, S, D]
+    room_left(model.lm, embeds.size(1))
+    return embeds
