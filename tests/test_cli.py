@@ -271,3 +271,17 @@ def test_run_refuses_a_broken_notebook_file_by_name(tmp_path):
     assert result.returncode == 2
     assert "broken.ipynb is not a readable notebook" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_targets_reports_missed_targets_without_raising(capsys):
+    from vlmlab import metrics
+
+    metrics.record(demo_f1=0.8, demo_fraction=0.05)
+    met = metrics.check_targets({"demo_f1": (">=", 0.9), "demo_fraction": ("<", 0.1)})
+    assert met == {"demo_f1": False, "demo_fraction": True} and metrics.recorded()["targets_met"] is False
+    out = capsys.readouterr().out
+    assert "✗ missed demo_f1 = 0.8000 (target >= 0.9)" in out and "✓ met" in out
+    with pytest.raises(ValueError, match="no metric of that name"):
+        metrics.check_targets({"never_recorded": (">=", 1.0)})
+    with pytest.raises(ValueError, match="comparison"):
+        metrics.check_targets({"demo_f1": ("~", 1.0)})

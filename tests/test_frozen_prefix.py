@@ -132,3 +132,36 @@ def test_a_saved_mapper_loads_back_with_its_config(tmp_path):
     assert back.config == mapper.config
     x = torch.randn(2, 4, 8)
     torch.testing.assert_close(back(x), mapper(x), atol=2e-3, rtol=2e-3)  # saved as fp16
+
+
+def test_caption_positions_restart_at_bos_and_put_the_prefix_at_zero():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    assert FP.caption_positions(mask, k=3).tolist() == [[0, 0, 0, 0, 1, 2, 2], [0, 0, 0, 0, 1, 2, 3]]
+
+
+def test_caption_positions_give_the_same_greedy_text_with_and_without_the_cache(tok):
+    model = FP.PrefixCaptioner(small_lm(), FP.TransformerMapper(8, 32, k=3, dim=16), caption_positions=True)
+    features = torch.randn(3, 4, 8)
+    cached = FP.generate_captions(model, tok, features, max_new_tokens=6)
+    assert cached == FP.generate_captions(model, tok, features, max_new_tokens=6, use_cache=False)
+    # and the LM really reads the caption at positions 0, 1, ...: the first caption token's logits match a plain
+    # call whose prefix sits at position 0 with <bos>
+    text = encode_texts(tok, [""], ["a large red star"], max_length=20)
+    out = model(features[:1], text)
+    prefix = model.prefix(features[:1])
+    S = 3 + text.input_ids.size(1)
+    positions = torch.tensor([[0, 0, 0] + list(range(text.input_ids.size(1)))])
+    direct = model.lm(inputs_embeds=torch.cat([prefix, model.embed(text.input_ids)], dim=1),
+                      attention_mask=torch.ones(1, S, dtype=torch.long), position_ids=positions)
+    torch.testing.assert_close(out.logits, direct.logits)
+
+
+def test_one_prompt_per_image_gives_what_each_alone_gives(tok):
+    model = FP.PrefixCaptioner(small_lm(max_len=32), FP.TransformerMapper(8, 32, k=3, dim=16), caption_positions=True)
+    features = torch.randn(3, 4, 8)
+    prompts = ["", "question: is there a star? answer:", "a large"]
+    together = FP.generate_captions(model, tok, features, prompts, max_new_tokens=4)
+    alone = [FP.generate_captions(model, tok, features[i : i + 1], prompts[i], max_new_tokens=4)[0] for i in range(3)]
+    assert together == alone
+    with pytest.raises(ValueError, match="one per input"):
+        FP.generate_captions(model, tok, features, prompts[:2])

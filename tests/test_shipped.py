@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vlmlab import backbones, zoo
+from vlmlab.strategies import frozen_prefix, prefix_lm
 from vlmlab.strategies.clip import SAVED_CLIPS, verify_clip
 from vlmlab.unimodal import TINY_BACKBONES, verify_tiny
 
@@ -18,6 +19,20 @@ def test_shipped_tiny_backbone_remeasures_as_recorded(name):
 def test_shipped_clip_remeasures_as_recorded(name):
     ok, message = verify_clip(name, zoo.SHIPPED)
     assert ok, message
+
+
+@pytest.mark.parametrize("name, verify", [*[(n, prefix_lm.verify) for n in prefix_lm.SAVED],
+                                           *[(n, frozen_prefix.verify) for n in frozen_prefix.SAVED]])
+def test_shipped_captioners_remeasure_as_recorded(name, verify):
+    ok, message = verify(name, zoo.SHIPPED)
+    assert ok, message
+
+
+def test_shipped_captioners_meet_the_targets_of_notebooks_03_and_04():
+    m = zoo.load_checkpoint(zoo.SHIPPED / "prefixlm-shapes.safetensors")[1]["metrics"]
+    assert m["caption_attr_f1"] >= 0.90 and m["vqa_acc"] >= 0.85, m
+    m = zoo.load_checkpoint(zoo.SHIPPED / "frozen-prefix-shapes.safetensors")[1]["metrics"]
+    assert m["caption_attr_f1"] >= 0.85 and m["trainable_fraction"] < 0.10, m
 
 
 def test_shipped_negclip_meets_notebook_02_targets():

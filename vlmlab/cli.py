@@ -438,13 +438,15 @@ def cmd_zoo(args) -> int:
             detail = record.get("error") or f"{record.get('dtype', '?')}, created {record.get('created', '?')}"
             print(f"{record['name']:<20} {record['location']:<8} {detail}  ({record['path']})")
         return 0
-    from .strategies.clip import SAVED_CLIPS, verify_clip
+    from .strategies import clip, frozen_prefix, prefix_lm
     from .unimodal import TINY_BACKBONES, verify_tiny
 
+    verifiers = {name: verify_tiny for name in TINY_BACKBONES} | {name: clip.verify_clip for name in clip.SAVED_CLIPS}
+    verifiers |= {name: prefix_lm.verify for name in prefix_lm.SAVED}
+    verifiers |= {name: frozen_prefix.verify for name in frozen_prefix.SAVED}
+
     def remeasure(name, folder):  # hashes match: re-measure the model on its evaluation sets
-        if name in TINY_BACKBONES:
-            return verify_tiny(name, folder)
-        return verify_clip(name, folder) if name in SAVED_CLIPS else (True, "ok")
+        return verifiers[name](name, folder) if name in verifiers else (True, "ok")
 
     results = zoo.verify_all(deep=remeasure)
     for name, ok, message in results:

@@ -87,3 +87,23 @@ def record(**metrics) -> dict:
 def recorded() -> dict:
     """Every metric recorded in this process so far."""
     return dict(_recorded)
+
+
+COMPARISONS = {">=": lambda value, bound: value >= bound, "<": lambda value, bound: value < bound}
+
+
+def check_targets(targets: dict[str, tuple[str, float]]) -> dict[str, bool]:
+    """Compare recorded metrics with a notebook's targets (name -> (">=" or "<", bound)): print one line per
+    target, record `targets_met` (all of them met) and return {name: met}. A missed target is reported, not
+    raised, so a learner's run still finishes; the README and the closing notes carry the same table.
+    Introduced in notebook 03."""
+    met = {}
+    for name, (op, bound) in targets.items():
+        if op not in COMPARISONS:
+            raise ValueError(f"target {name}: comparison {op!r} is not one of {tuple(COMPARISONS)}")
+        if name not in _recorded:
+            raise ValueError(f"target {name}: no metric of that name was recorded (recorded: {sorted(_recorded)})")
+        met[name] = COMPARISONS[op](_recorded[name], bound)
+        print(f"{'✓ met   ' if met[name] else '✗ missed'} {name} = {_recorded[name]:.4f} (target {op} {bound})")
+    record(targets_met=all(met.values()))
+    return met

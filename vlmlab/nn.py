@@ -341,14 +341,16 @@ class TextTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, past_key_values: list[KVCache] | None = None,
-                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] or inputs_embeds [B, T, D] (token embeddings, positions not yet added) -> [B, T, D].
 
         attention_mask [B, past + T]: 1 on real tokens, 0 on padding, covering the cached tokens too.
         A token's position is the number of real tokens before it, so left padding changes nothing.
         past_key_values: one KVCache per block, extended in place (causal models only).
         prefix_len (causal models, notebook 03): the first prefix_len positions (an int, or [B]) attend to
-        each other both ways. context [B, S, cross_attention_dim]: what the blocks cross-attend to."""
+        each other both ways. context [B, S, cross_attention_dim]: what the blocks cross-attend to.
+        position_ids [B, T] (notebook 04): the positions of the T inputs, instead of counting real tokens."""
         require((input_ids is None) != (inputs_embeds is None), "input_ids/inputs_embeds", "both or neither", "exactly one")
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         B, T, _ = x.shape
@@ -366,6 +368,8 @@ class TextTransformer(nn.Module):
             require(tuple(attention_mask.shape) == (B, S), "attention_mask.shape", tuple(attention_mask.shape), f"{(B, S)}")
             positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, past:]  # [B, T]
             mask = padding_mask(attention_mask)  # [B, 1, 1, S]
+        if position_ids is not None:
+            positions = position_ids
         causal = self.config.causal
         if prefix_len is not None:
             require(causal, "prefix_len", prefix_len, "None for a bidirectional model")
@@ -406,14 +410,16 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 past_key_values: list[KVCache] | None = None, use_cache: bool = False,
-                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None) -> LMOutput:
+                prefix_len: int | torch.Tensor | None = None, context: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> LMOutput:
         """Logits for the next token at every position. `inputs_embeds` lets later notebooks put a visual
         prefix in front of `embed(input_ids)`. `use_cache=True` starts a KV cache; pass it back as
         `past_key_values` with only the new tokens (and the full attention_mask) to decode step by step.
-        `prefix_len` and `context`: see `TextTransformer.forward`."""
+        `prefix_len`, `context` and `position_ids`: see `TextTransformer.forward`."""
         if use_cache and past_key_values is None:
             past_key_values = [KVCache() for _ in self.transformer.blocks]
-        hidden = self.transformer(input_ids, attention_mask, inputs_embeds, past_key_values, prefix_len, context)  # [B, T, D]
+        hidden = self.transformer(input_ids, attention_mask, inputs_embeds, past_key_values, prefix_len, context,
+                                  position_ids)  # [B, T, D]
         logits = F.linear(hidden, self.transformer.tok_emb.weight)  # [B, T, V]
         loss = next_token_loss(logits, labels) if labels is not None else None
         return LMOutput(logits, loss, past_key_values)

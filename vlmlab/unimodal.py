@@ -77,6 +77,15 @@ def attribute_accuracy(vit: nn.Module, probe: CellProbe, images: torch.Tensor, t
     return result
 
 
+@torch.no_grad()
+def vit_features(vit: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """A locked ViT's CLS + patch vectors for uint8 images [N, 3, H, W] -> [N, 1 + patches, D], computed once
+    for a whole data set (notebooks 03 and 04)."""
+    device = next(vit.parameters()).device
+    vit.eval()
+    return torch.cat([vit(to_float(chunk).to(device)).hidden for chunk in images.split(batch_size)])
+
+
 def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -> float:
     """log P(canonical caption) under the world's own sampler: the best any language model can assign.
 

@@ -23,10 +23,14 @@ import torch
 from torch import nn
 
 from .. import zoo
+from ..data.evalsets import generation_scenes, images_of
 from ..data.loaders import IGNORE_INDEX, TextBatch, to_float
+from ..data.shapes import Scene
+from ..evaluate import caption_scores
 from ..generation import generate
 from ..nn import Block
 from ..params import require
+from .prefix_lm import prompt_ids
 
 
 class MLPMapper(nn.Module):
@@ -79,9 +83,50 @@ def load_mapper(name: str, root=None) -> TransformerMapper:
     return mapper.float()
 
 
+SAVED = ("frozen-prefix-shapes",)  # what notebook 04 saves
+
+
+def measure(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Notebook 04's held-out caption numbers: greedy captions of `inputs` (features or images) against `scenes`."""
+    return {f"caption_{k}": v for k, v in caption_scores(generate_captions(model, tokenizer, inputs), scenes).items()}
+
+
+def verify(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
+    """Re-measure a saved mapper with notebook 01's frozen ViT and GPT and compare with its record (`zoo verify`)."""
+    from ..tokenizer import load_tokenizer
+    from ..unimodal import build_tiny, vit_features
+
+    recorded = zoo.load_checkpoint(name, root=root)[1]["metrics"]
+    model = PrefixCaptioner(build_tiny("tiny-gpt"), load_mapper(name, root), caption_positions=True)
+    scenes = generation_scenes(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000))
+    features = vit_features(build_tiny("tiny-vit"), images_of(scenes))
+    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), features, scenes), tolerance)
+
+
 def token_embeddings(lm: nn.Module) -> nn.Embedding:
     """The LM's input embedding table: `get_input_embeddings()` (Hugging Face) or `transformer.tok_emb` (ours)."""
     return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.transformer.tok_emb
+
+
+def caption_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions that restart at the caption: each input's count of real inputs before it, minus the k prefix
+    vectors, which all sit at 0 (as does <bos>). [B, S] -> [B, S]. Introduced in notebook 04."""
+    return (attention_mask.long().cumsum(dim=-1) - 1 - k).clamp(min=0)
+
+
+class CaptionPositions:
+    """The LM as `vlmlab.generation.generate` drives it, with `caption_positions` passed on every call."""
+
+    def __init__(self, lm: nn.Module, k: int):
+        self.lm, self.k = lm, k
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.embed(input_ids)
+
+    def __call__(self, **kwargs):
+        new = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        positions = caption_positions(kwargs["attention_mask"], self.k)[:, -new.shape[1]:]  # the new inputs only
+        return self.lm(**kwargs, position_ids=positions)
 
 
 class PrefixCaptioner(nn.Module):
@@ -89,11 +134,14 @@ class PrefixCaptioner(nn.Module):
     Introduced in notebook 04.
 
     Without `vision` the inputs are precomputed image features [B, N, Dv]; with it they are uint8 images,
-    and the features are `vision(images).hidden`."""
+    and the features are `vision(images).hidden`. `caption_positions=True` (our tiny GPT, which learned
+    positions only as far as its longest caption) numbers the caption from 0 as in the LM's training, with
+    the prefix vectors at position 0; otherwise the prefix takes the first k positions (Hugging Face LMs)."""
 
-    def __init__(self, lm: nn.Module, mapper: nn.Module, vision: nn.Module | None = None):
+    def __init__(self, lm: nn.Module, mapper: nn.Module, vision: nn.Module | None = None, caption_positions: bool = False):
         super().__init__()
         self.lm, self.mapper, self.vision = lm, mapper, vision
+        self.caption_positions = caption_positions
         self.lm.requires_grad_(False)
 
     def train(self, mode: bool = True) -> PrefixCaptioner:
@@ -114,9 +162,13 @@ class PrefixCaptioner(nn.Module):
         prefix = self.prefix(inputs)  # [B, k, D]
         B, k = prefix.shape[:2]
         ones = text.attention_mask.new_ones(B, k)
-        return self.lm(inputs_embeds=torch.cat([prefix, self.embed(text.input_ids)], dim=1),
-                       attention_mask=torch.cat([ones, text.attention_mask], dim=1),
-                       labels=torch.cat([torch.full_like(ones, IGNORE_INDEX), text.labels], dim=1))
+        mask = torch.cat([ones, text.attention_mask], dim=1)  # [B, k + T]
+        return self.decoder(k)(inputs_embeds=torch.cat([prefix, self.embed(text.input_ids)], dim=1), attention_mask=mask,
+                               labels=torch.cat([torch.full_like(ones, IGNORE_INDEX), text.labels], dim=1))
+
+    def decoder(self, k: int):
+        """What reads a sequence that starts with a k-vector prefix: the LM, with caption positions if asked."""
+        return CaptionPositions(self.lm, k) if self.caption_positions else self.lm
 
 
 def batch_loss(model: PrefixCaptioner, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -150,20 +202,25 @@ def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
 
 
 @torch.no_grad()
-def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, prompt: str = "", max_new_tokens: int = 24,
-                      batch_size: int = 256, **generate_kwargs) -> list[str]:
-    """Caption each image (features or images): prefix, then <bos> + prompt, then the LM continues.
-    `vlmlab.generation.generate` drives our CausalLM; generate_kwargs go to it. Introduced in notebook 04."""
+def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, prompts: str | list[str] = "",
+                      max_new_tokens: int = 24, batch_size: int = 256, **generate_kwargs) -> list[str]:
+    """Continue each image's prompt (features or images): prefix, then <bos> + prompt (one for all, or one per
+    image: a question, say), then the LM writes. `vlmlab.generation.generate` drives our CausalLM;
+    generate_kwargs go to it. Introduced in notebook 04."""
+    prompts = [prompts] * len(inputs) if isinstance(prompts, str) else list(prompts)
+    require(len(prompts) == len(inputs), "prompts", f"{len(prompts)} prompts", f"one per input ({len(inputs)})")
     model.eval()
     device = next(model.parameters()).device
-    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(prompt)], device=device)  # [1, T]
     out = []
     for start in range(0, len(inputs), batch_size):
         prefix = model.prefix(inputs[start : start + batch_size].to(device))  # [b, k, D]
-        embeds = torch.cat([prefix, model.embed(ids).expand(len(prefix), -1, -1)], dim=1)  # [b, k + T, D]
+        ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))  # left-padded
+        embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
+        mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
         room = room_left(model.lm, embeds.size(1))
-        new = generate(model.lm, inputs_embeds=embeds, max_new_tokens=min(max_new_tokens, room),
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+        new = generate(model.decoder(prefix.size(1)), inputs_embeds=embeds, attention_mask=mask,
+                       max_new_tokens=min(max_new_tokens, room), eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
         out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out
 

@@ -25,8 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import zoo
+from ..data.evalsets import generation_scenes, images_of, vqa_questions
 from ..data.language import QA
 from ..data.loaders import IGNORE_INDEX, TextBatch, encode_texts
+from ..data.shapes import Scene
+from ..evaluate import caption_scores, vqa_accuracy
 from ..generation import generate
 from ..nn import CausalLM, LMOutput, TextConfig
 from ..params import require
@@ -209,7 +212,7 @@ class Bound:
         return self.model(**kwargs, **bound)
 
 
-def _prompt_ids(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_ids(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """<bos> + prompt, LEFT-padded so every prompt ends in the last column: ids and mask [B, T]."""
     rows = [[tokenizer.bos_token_id] + tokenizer.encode(p) for p in prompts]
     width = max(map(len, rows))
@@ -233,7 +236,7 @@ def generate_text(model: PrefixLM | VirTex, tokenizer, features: torch.Tensor, p
     out = []
     for start in range(0, len(prompts), batch_size):
         feats = features[start : start + batch_size].to(device)
-        ids, mask = (t.to(device) for t in _prompt_ids(tokenizer, prompts[start : start + batch_size]))
+        ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))
         image = model.embed_image(feats)  # [b, N, D]
         if isinstance(model, VirTex):
             bound, embeds = Bound(model, context=image), model.embed(ids)
@@ -266,6 +269,23 @@ def continuation_logprob(model: PrefixLM, tokenizer, features: torch.Tensor, pro
     return (logp * (targets_ != IGNORE_INDEX)).sum(dim=1).cpu()
 
 
+# ---------------------------------------------------------------- measuring, saving, loading
+
+
+def measure(model: PrefixLM | VirTex, tokenizer, features: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Notebook 03's held-out numbers for features [N, 17, 96] of `scenes`: greedy captions (attribute F1,
+    BLEU-4, ROUGE-L, CIDEr) and three greedy VQA answers per scene (accuracy, overall and by type)."""
+    captions = generate_text(model, tokenizer, features)
+    out = {f"caption_{k}": v for k, v in caption_scores(captions, scenes).items()}
+    index, qas = vqa_questions(scenes, k=3)
+    answers = generate_text(model, tokenizer, features[index], [VQA_PROMPT.format(qa.question) for qa in qas], max_new_tokens=8)
+    vqa = vqa_accuracy(answers, [qa.answer for qa in qas], [qa.qtype for qa in qas])
+    return out | {"vqa_acc": vqa["overall"]} | {f"vqa_{t}_acc": v for t, v in vqa["by_type"].items()}
+
+
+SAVED = ("prefixlm-shapes",)  # what notebook 03 saves
+
+
 def save(name: str, model: PrefixLM, metrics: dict, root=None):
     """Save to the zoo (fp16 safetensors + its config and metrics); returns the path."""
     return zoo.save_checkpoint(name, model.state_dict(), asdict(model.config), metrics, root=root, dtype="fp16")
@@ -277,3 +297,14 @@ def load(name: str, root=None) -> PrefixLM:
     model = PrefixLM(PrefixLMConfig(**record["config"]))
     model.load_state_dict(state)
     return model.float()
+
+
+def verify(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
+    """Re-measure a saved PrefixLM on its held-out scenes and compare with its record (`zoo verify`)."""
+    from ..tokenizer import load_tokenizer
+    from ..unimodal import build_tiny, vit_features
+
+    model, recorded = load(name, root), zoo.load_checkpoint(name, root=root)[1]["metrics"]
+    scenes = generation_scenes(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000))
+    features = vit_features(build_tiny("tiny-vit"), images_of(scenes))
+    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), features, scenes), tolerance)
