@@ -153,13 +153,3 @@ def test_stamp_features_are_the_encoders_vectors_in_item_order(tmp_path):
     torch.testing.assert_close(vectors, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="items"):
         sc.stamp_features([], encoder)
-
-
-def test_prompts_of_different_lengths_are_left_padded_and_change_nothing(tok):
-    model = sc.build_captioner(tiny_llama(tok), feature_dim=8, k=2)
-    features, prompts = torch.randn(3, 8), ["a", "a large red star left of", "two"]
-    together = sc.generate_stamp_captions(model, tok, features, prompt=prompts, max_new_tokens=5)
-    alone = [sc.generate_stamp_captions(model, tok, features[i : i + 1], prompt=prompts[i], max_new_tokens=5)[0] for i in range(3)]
-    assert together == alone
-    with pytest.raises(ValueError, match="prompt"):
-        sc.generate_stamp_captions(model, tok, features, prompt=prompts[:2])

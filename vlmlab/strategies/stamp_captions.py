@@ -55,28 +55,17 @@ def build_captioner(lm: nn.Module, feature_dim: int, k: int = 10, mapper: str = 
     return PrefixCaptioner(lm, kind(feature_dim, lm_dim, k, **mapper_kwargs))
 
 
-def encode_captions(tokenizer, captions: Sequence[str], prompt: str | Sequence[str] = "", max_length: int = 16) -> TextBatch:
+def encode_captions(tokenizer, captions: Sequence[str], prompt: str = "", max_length: int = 16) -> TextBatch:
     """Captions as training text, right-padded: [prompt] caption <eos>, at most max_length tokens.
 
-    No <bos>: the prefix opens the sequence. `prompt` is one text for all, or one per caption. Labels are the
-    caption and its <eos>; the prompt gets IGNORE_INDEX (the prefix gets it too, in PrefixCaptioner.forward).
-    After a prompt the caption starts with a space, as a word after a word does. A sequence longer than
-    max_length is cut (it then has no <eos>)."""
+    No <bos>: the prefix opens the sequence. Labels are the caption and its <eos>; the prompt gets IGNORE_INDEX
+    (the prefix gets it too, in PrefixCaptioner.forward). After a prompt the caption starts with a space, as a
+    word after a word does. A sequence longer than max_length is cut (it then has no <eos>)."""
     require(len(captions) >= 1 and all(isinstance(c, str) and c.strip() for c in captions), "captions",
             captions[:3] if isinstance(captions, list | tuple) else captions, "a non-empty list of non-empty strings")
     require(is_int(max_length) and max_length >= 2, "max_length", max_length, "an int >= 2")
-    prompts = _prompts(prompt, len(captions))
-    targets = [(" " if p else "") + c.strip() for p, c in zip(prompts, captions)]
-    return encode_texts(tokenizer, prompts, targets, max_length=max_length, bos=False, eos=True)
-
-
-def _prompts(prompt: str | Sequence[str], n: int) -> list[str]:
-    """One prompt per item: `prompt` repeated, or the n prompts given."""
-    if isinstance(prompt, str):
-        return [prompt] * n
-    require(len(prompt) == n and all(isinstance(p, str) for p in prompt), "prompt", f"{len(prompt)} items",
-            f"one string, or {n} strings (one per item)")
-    return list(prompt)
+    targets = [(" " if prompt else "") + c.strip() for c in captions]
+    return encode_texts(tokenizer, [prompt] * len(captions), targets, max_length=max_length, bos=False, eos=True)
 
 
 def caption_batches(features: torch.Tensor, text: TextBatch, batch_size: int, seed: int = 0) -> StepBatches:
@@ -103,26 +92,21 @@ def train_captioner(model: PrefixCaptioner, features: torch.Tensor, text: TextBa
 
 
 @torch.no_grad()
-def generate_stamp_captions(model: PrefixCaptioner, tokenizer, features: torch.Tensor, prompt: str | Sequence[str] = "",
+def generate_stamp_captions(model: PrefixCaptioner, tokenizer, features: torch.Tensor, prompt: str = "",
                             max_new_tokens: int = 20, batch_size: int = 64, num_beams: int = 1,
                             **generate_kwargs) -> list[str]:
     """One caption per row of features [N, Dv]: [prefix | prompt] as inputs_embeds, then the Hugging Face LM's
-    `generate` (greedy, or beam search with num_beams > 1) until <eos>. `prompt`: one for all or one per row.
-    Rows whose prompts differ in length are LEFT-padded (attention_mask 0), so every row ends in the last
-    column; generate numbers the positions from the mask. generate_kwargs go to `generate`."""
+    `generate` (greedy, or beam search with num_beams > 1) until <eos>. generate_kwargs go to `generate`."""
     require(features.ndim in (2, 3) and len(features) >= 1, "features", tuple(features.shape), "[N, Dv] or [N, tokens, Dv]")
     require(hasattr(model.lm, "generate"), "model.lm", type(model.lm).__name__, "a Hugging Face causal LM (it has generate)")
-    prompts = _prompts(prompt, len(features))
     model.eval()
     device = next(model.parameters()).device
+    prompt_ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)  # [1, P], P may be 0
     out = []
     for start in range(0, len(features), batch_size):
         prefix = model.prefix(features[start : start + batch_size].to(device))  # [b, k, D]
-        rows = [torch.cat([p, model.embed(torch.tensor(tokenizer.encode(text), dtype=torch.long, device=device))])
-                for p, text in zip(prefix, prompts[start : start + batch_size])]  # each [k + P_i, D]
-        width = max(len(r) for r in rows)
-        embeds = torch.stack([F.pad(r, (0, 0, width - len(r), 0)) for r in rows])  # [b, width, D], zeros on the left
-        mask = torch.stack([(torch.arange(width, device=device) >= width - len(r)).long() for r in rows])  # [b, width]
+        embeds = torch.cat([prefix, model.embed(prompt_ids).expand(len(prefix), -1, -1)], dim=1)  # [b, k + P, D]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)  # [b, k + P]
         new = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                 num_beams=num_beams, eos_token_id=tokenizer.eos_token_id,
                                 pad_token_id=tokenizer.pad_token_id, **generate_kwargs)  # [b, <= max_new_tokens]: new only
