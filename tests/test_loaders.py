@@ -11,6 +11,7 @@ from vlmlab.data.loaders import (
     corrupt_captions,
     encode_texts,
     indexed_collate,
+    length_buckets,
     negatives_collate,
     to_float,
     vqa_collate,
@@ -69,6 +70,14 @@ def test_vqa_collate_uses_the_question_as_prompt():
     item = ds[int(batch["index"][0])]
     answer = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX][:-1]
     assert TOK.decode(answer).strip() == item["answer"]
+
+
+def test_length_buckets_group_short_with_short_and_keep_every_item():
+    lengths = torch.tensor([9, 3, 7, 1, 5, 8, 2])
+    buckets = length_buckets(torch.tensor([0, 1, 2, 3, 4, 5]), lengths, 2)
+    assert [b.tolist() for b in buckets] == [[3, 1, 4], [2, 5, 0]]
+    with pytest.raises(ValueError, match="n=7 buckets"):
+        length_buckets(torch.arange(6), lengths, 7)
 
 
 def test_bad_arguments_are_named():

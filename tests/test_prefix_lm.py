@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlmlab.data.language import QA
-from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
+from vlmlab.data.loaders import IGNORE_INDEX, encode_texts, length_buckets
 from vlmlab.nn import CausalLM, TextConfig, prefix_mask
 from vlmlab.strategies import prefix_lm as P
 from vlmlab.tokenizer import load_tokenizer
@@ -62,6 +62,26 @@ def test_join_puts_the_image_first_and_counts_the_prompt_into_the_prefix(tok):
     assert torch.isfinite(loss)
 
 
+def test_a_batch_cut_into_length_buckets_has_the_loss_of_the_whole_batch(tok):
+    torch.manual_seed(0)
+    prompts = ["", "a large", "is there a star?", "", "how many objects are there?", "a"]
+    targets = ["a large red star left of a small blue circle", " red star", " yes", "a cross", " two", " small cross"]
+    text = encode_texts(tok, prompts, targets, max_length=24)
+    features, lengths = torch.randn(6, 3, 8), text.attention_mask.sum(dim=1)
+
+    def batch(rows):
+        width = int(lengths[rows].max())
+        return {"features": features[rows], "input_ids": text.input_ids[rows, :width],
+                "attention_mask": text.attention_mask[rows, :width], "labels": text.labels[rows, :width]}
+
+    buckets = length_buckets(torch.arange(6), lengths, 3)
+    assert [len(b) for b in buckets] == [2, 2, 2] and lengths[buckets[0]].max() <= lengths[buckets[2]].min()
+    for model, loss_fn in ((P.PrefixLM(CONFIG), P.batch_loss), (P.VirTex(CONFIG), P.virtex_loss)):
+        whole = loss_fn(model, batch(torch.arange(6)))[0]
+        cut = loss_fn(model, {"buckets": [batch(b) for b in buckets]})[0]
+        torch.testing.assert_close(cut, whole)
+
+
 def test_embed_image_names_the_expected_shape():
     with pytest.raises(ValueError, match=r"features.shape.*\[B, 3, 8\]"):
         P.PrefixLM(CONFIG).embed_image(torch.randn(2, 4, 8))
@@ -78,7 +98,7 @@ def test_split_caption_keeps_the_words_and_a_nonempty_continuation():
 
 def test_training_texts_mix_captions_completions_and_questions():
     prompts, targets = P.training_texts(["a large red star"] * 40, [QA("is there a star?", "yes", "exists")], seed=0)
-    assert len(prompts) == 41 and prompts[-1] == "question: is there a star? answer:" and targets[-1] == " yes"
+    assert len(prompts) == 41 and prompts[-1] == P.VQA_PROMPT.format("is there a star?") and targets[-1] == " yes"
     assert 0 < sum(p != "" for p in prompts[:40]) < 40  # some captions are split, some whole
 
 
@@ -98,7 +118,7 @@ def test_from_text_lm_copies_the_text_model_and_places_its_positions_after_the_i
 def test_generation_is_the_same_with_and_without_the_kv_cache_and_beams_run(tok, kind):
     torch.manual_seed(0)
     model = (P.PrefixLM if kind == "prefix" else P.VirTex)(CONFIG)
-    features, prompts = torch.randn(3, 3, 8), ["", "a large", "question: is there a star? answer:"]
+    features, prompts = torch.randn(3, 3, 8), ["", "a large", P.VQA_PROMPT.format("is there a star?")]
     cached = P.generate_text(model, tok, features, prompts, max_new_tokens=5, use_cache=True)
     uncached = P.generate_text(model, tok, features, prompts, max_new_tokens=5, use_cache=False)
     assert cached == uncached and len(cached) == 3

@@ -16,10 +16,12 @@ from vlmlab.tokenizer import load_tokenizer
 from vlmlab.unimodal import (
     ATTRIBUTES,
     CellProbe,
+    RegionEncoder,
     attribute_accuracy,
     caption_log_prob,
     cell_targets,
     grammar_perplexity,
+    region_features,
     remeasure,
     scene_parsing_loss,
     verify_tiny,
@@ -73,6 +75,17 @@ def test_cell_probe_shapes_and_loss_falls_on_a_small_batch():
     assert loss.item() < 0.5 * first
     acc = attribute_accuracy(vit, probe, images, targets)
     assert set(acc) == {"shape_acc", "color_acc", "size_acc", "attr_acc", "occupancy_acc"}
+
+
+def test_region_tokens_are_the_probe_scores_of_each_cell():
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, n_heads=2))
+    encoder = RegionEncoder(vit, CellProbe(vit.patch_embed.n_patches, 16))
+    images = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", 5).images
+    tokens = region_features(encoder, images, batch_size=2)  # [5, 9, 8 + 9 + 3]
+    assert tokens.shape == (5, 9, encoder.dim) and encoder.dim == sum(len(v) + 1 for v in ATTRIBUTES.values())
+    shape_scores = encoder.probe(vit(images.float() / 127.5 - 1).patches)["shape"]  # [5, 9, 8]
+    torch.testing.assert_close(tokens[..., : shape_scores.size(-1)], shape_scores)
 
 
 def _save_tiny(root):

@@ -86,6 +86,43 @@ def vit_features(vit: nn.Module, images: torch.Tensor, batch_size: int = 512) ->
     return torch.cat([vit(to_float(chunk).to(device)).hidden for chunk in images.split(batch_size)])
 
 
+class RegionEncoder(nn.Module):
+    """Region tokens: the ViT's patch grid read out by its cell probe, one vector per grid cell holding that
+    cell's shape, colour and size scores. uint8 images [B, 3, H, W] -> [B, 9, 8 + 9 + 3].
+    Introduced in notebook 03.
+
+    Early vision-language transformers (VisualBERT, LXMERT, UNITER, OSCAR) read an image this way: as a few
+    region vectors from a pre-trained object detector, not as raw patches. Notebook 01's ViT and probe are our
+    detector: 9 tokens instead of 17, each already saying what sits in its cell."""
+
+    def __init__(self, vit: nn.Module, probe: CellProbe):
+        super().__init__()
+        self.vit, self.probe = vit, probe
+        self.dim = sum(probe.sizes.values())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.read(self.vit(to_float(images)).patches)
+
+    def read(self, patches: torch.Tensor) -> torch.Tensor:
+        """The ViT's patch vectors [B, 16, D] -> region tokens [B, 9, 20]."""
+        return torch.cat(list(self.probe(patches).values()), dim=-1)
+
+
+@torch.no_grad()
+def region_features(encoder: RegionEncoder, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """A locked RegionEncoder's tokens for uint8 images [N, 3, H, W] -> [N, 9, 20], computed once for a
+    whole data set (notebooks 03 and 04)."""
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    return torch.cat([encoder(chunk.to(device)) for chunk in images.split(batch_size)])
+
+
+def region_encoder(root=None) -> RegionEncoder:
+    """Notebook 01's tiny ViT and its cell probe as one RegionEncoder."""
+    parts = load_tiny("tiny-vit", root)
+    return RegionEncoder(parts["vit"], parts["probe"])
+
+
 def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -> float:
     """log P(canonical caption) under the world's own sampler: the best any language model can assign.
 

@@ -86,23 +86,19 @@ def encode_texts(tokenizer, prompts: Sequence[str], targets: Sequence[str] | Non
     """
     if targets is not None and len(targets) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    prefix, suffix = [tokenizer.bos_token_id] if bos else [], [tokenizer.eos_token_id] if eos else []
+    prompt_ids = tokenizer(list(prompts))["input_ids"] if len(prompts) else []  # one batched call: fast
+    target_ids = tokenizer(list(targets))["input_ids"] if targets is not None and len(targets) else [[]] * len(prompts)
     rows, label_rows = [], []
-    for k, prompt in enumerate(prompts):
-        p = ([tokenizer.bos_token_id] if bos else []) + tokenizer.encode(prompt)
-        t = tokenizer.encode(targets[k]) if targets is not None else []
-        t = t + ([tokenizer.eos_token_id] if eos else [])
-        ids = (p + t)[:max_length]
-        labels = (p + t if targets is None else [IGNORE_INDEX] * len(p) + t)[:max_length]
-        rows.append(ids)
-        label_rows.append(labels)
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, (ids, lab) in enumerate(zip(rows, label_rows)):
-        input_ids[k, : len(ids)] = torch.tensor(ids)
-        labels[k, : len(lab)] = torch.tensor(lab)
-        mask[k, : len(ids)] = 1
+    for p, t in zip(prompt_ids, target_ids):
+        p, t = prefix + p, t + suffix
+        rows.append((p + t)[:max_length])
+        label_rows.append((p + t if targets is None else [IGNORE_INDEX] * len(p) + t)[:max_length])
+    width = max(map(len, rows), default=0)
+    pad = lambda row, value: row + [value] * (width - len(row))  # noqa: E731
+    input_ids = torch.tensor([pad(r, tokenizer.pad_token_id) for r in rows], dtype=torch.long).view(len(rows), width)
+    labels = torch.tensor([pad(r, IGNORE_INDEX) for r in label_rows], dtype=torch.long).view(len(rows), width)
+    mask = torch.tensor([pad([1] * len(r), 0) for r in rows], dtype=torch.long).view(len(rows), width)
     return TextBatch(input_ids, mask, labels)
 
 
@@ -163,6 +159,15 @@ def indexed_collate(images: torch.Tensor, text: TextBatch) -> Callable[[list[int
                 "attention_mask": mask[:, :width], "labels": text.labels[idx, :width]}
 
     return collate
+
+
+def length_buckets(indices: torch.Tensor, lengths: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Cut one batch's item indices into n groups of similar length (shortest first), so that each group is
+    padded only to its own longest row. lengths [N]: every item's length. Introduced in notebook 03."""
+    if not 1 <= n <= len(indices):
+        raise ValueError(f"n={n} buckets must be between 1 and the batch size {len(indices)}")
+    order = lengths[indices].argsort(stable=True)
+    return list(indices[order].chunk(n))
 
 
 class StepBatches:

@@ -7,8 +7,9 @@ prefix both ways and writes the continuation one token at a time. Introduced in 
 
 One model does several tasks by choosing the prefix: an empty prefix is captioning, "question: ... answer:"
 is VQA, "a large red" is caption completion. SimVLM trains with a random split point: any first part of a
-caption can be the prefix. The image tokens here are the patch vectors of notebook 01's locked ViT, computed
-once; a linear layer maps them to the language model's width.
+caption can be the prefix. The image tokens here are region tokens (`unimodal.RegionEncoder`): notebook 01's
+locked ViT and cell probe, one vector per grid cell, computed once; a linear layer maps them to the language
+model's width.
 
 VirTex (Desai & Johnson 2021), the contrast drawn in notebook 03, keeps the image OUT of the sequence: a
 causal text decoder cross-attends to the image features in every block, and the text never sees itself
@@ -34,14 +35,16 @@ from ..generation import generate
 from ..nn import CausalLM, LMOutput, TextConfig
 from ..params import require
 
-VQA_PROMPT = "question: {} answer:"
+# The question itself is the VQA prefix: it ends in "?", which is all the model needs to know it must answer.
+# (Our tokenizer learned Shapes World text only; "question:" and " answer:" would cost it 6 tokens each.)
+VQA_PROMPT = "{}"
 
 
 @dataclass
 class PrefixLMConfig:
     vocab_size: int = 512
-    vision_dim: int = 96  # width of the image features (notebook 01's tiny ViT)
-    n_image_tokens: int = 17  # CLS + 4 x 4 patches
+    vision_dim: int = 20  # width of the image tokens (region tokens: 8 shape + 9 colour + 3 size scores)
+    n_image_tokens: int = 9  # one per cell of the 3 x 3 grid
     text_len: int = 32  # the longest text (prefix + continuation) in tokens
     dim: int = 128
     depth: int = 4
@@ -151,9 +154,19 @@ def join(model: PrefixLM, features: torch.Tensor, text: TextBatch) -> dict[str, 
 
 def batch_loss(model: PrefixLM, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Next-token loss on the continuation, for `vlmlab.train.fit`. batch: features [B, N, Dv], input_ids,
-    attention_mask, labels [B, T]."""
+    attention_mask, labels [B, T]; or {"buckets": [batch, ...]} (`loaders.length_buckets`)."""
+    if "buckets" in batch:
+        return over_buckets(batch_loss, model, batch["buckets"]), {}
     text = TextBatch(batch["input_ids"], batch["attention_mask"], batch["labels"])
     return model(**join(model, batch["features"], text)).loss, {}
+
+
+def over_buckets(loss_fn, model: nn.Module, buckets: list[dict]) -> torch.Tensor:
+    """The mean token loss of one batch that comes cut into length buckets, each padded only to its own longest
+    row: each bucket's mean, weighted by its target tokens. The same number as for the uncut batch, with less
+    padding computed (a batch of questions and long captions is mostly padding). Introduced in notebook 03."""
+    counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in buckets]
+    return sum(loss_fn(model, b)[0] * n for b, n in zip(buckets, counts)) / sum(counts)
 
 
 # ---------------------------------------------------------------- VirTex: the image outside the sequence
@@ -185,6 +198,8 @@ class VirTex(nn.Module):
 
 def virtex_loss(model: VirTex, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """VirTex's captioning loss for `fit`: the same batches as `batch_loss`."""
+    if "buckets" in batch:
+        return over_buckets(virtex_loss, model, batch["buckets"]), {}
     out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 context=model.embed_image(batch["features"]))
     return out.loss, {}
@@ -273,7 +288,7 @@ def continuation_logprob(model: PrefixLM, tokenizer, features: torch.Tensor, pro
 
 
 def measure(model: PrefixLM | VirTex, tokenizer, features: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
-    """Notebook 03's held-out numbers for features [N, 17, 96] of `scenes`: greedy captions (attribute F1,
+    """Notebook 03's held-out numbers for image tokens [N, 9, 20] of `scenes`: greedy captions (attribute F1,
     BLEU-4, ROUGE-L, CIDEr) and three greedy VQA answers per scene (accuracy, overall and by type)."""
     captions = generate_text(model, tokenizer, features)
     out = {f"caption_{k}": v for k, v in caption_scores(captions, scenes).items()}
@@ -302,9 +317,9 @@ def load(name: str, root=None) -> PrefixLM:
 def verify(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
     """Re-measure a saved PrefixLM on its held-out scenes and compare with its record (`zoo verify`)."""
     from ..tokenizer import load_tokenizer
-    from ..unimodal import build_tiny, vit_features
+    from ..unimodal import region_encoder, region_features
 
     model, recorded = load(name, root), zoo.load_checkpoint(name, root=root)[1]["metrics"]
     scenes = generation_scenes(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000))
-    features = vit_features(build_tiny("tiny-vit"), images_of(scenes))
+    features = region_features(region_encoder(), images_of(scenes))
     return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), features, scenes), tolerance)
