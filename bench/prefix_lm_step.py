@@ -1,26 +1,26 @@
 """Training and captioning throughput of notebook 03's PrefixLM, and what the KV cache buys (DESIGN.md §7).
 
 Run from bench/: `../.venv/bin/python prefix_lm_step.py` (`--quick`: a few steps only, to check that it runs; it
-writes prefix_lm_step_quick.json). Sizes are `PrefixLMConfig`'s defaults, notebook 03's model: vocab 512, 17 image
-tokens of width 96, text up to 32 tokens, dim 128, depth 4, heads 4, MLP 4 x dim; batch 128. Weights and image
-features [B, 17, 96] are random (timing does not depend on them); the text is real: one training batch drawn as
+writes prefix_lm_step_quick.json). Sizes are `PrefixLMConfig`'s defaults, notebook 03's model: vocab 512, 9 image
+tokens (region tokens) of width 20, text up to 32 tokens, dim 128, depth 4, heads 4, MLP 4 x dim; batch 128. Weights and image
+features [B, 9, 20] are random (timing does not depend on them); the text is real: one training batch drawn as
 notebook 03 draws it (`prefix_lm.training_texts` over Shapes World captions and questions, `encode_texts`, trimmed
 to the longest row of the batch).
 
 Training: a step is zero_grad + `prefix_lm.batch_loss` + backward + AdamW step. It is paired, in the same process
 on the same text, with a step of the text-only `CausalLM` of the same size (no image tokens, plain causal mask):
-the ratio PrefixLM / text-only is what the 17 image tokens cost. Tokens/s count real tokens: image tokens plus the
+the ratio PrefixLM / text-only is what the 9 image tokens cost. Tokens/s count real tokens: image tokens plus the
 text tokens under the attention mask (<bos>, <eos> included), padding left out; text tokens/s count the text alone.
 
 FLOPs are counted analytically, matmuls only (PaLM appendix B / nanoGPT), as in backbone_step.py:
     train FLOPs = 6 * sum over weight matrices of (weights * tokens that pass through them)
                 + 12 * depth * dim * S^2 * batch      (attention scores QK^T and weights x V, full S x S)
-with S = 17 + T positions per row (T = the batch's text width; padding goes through the matmuls too): the visual
-projection (96 x 128) sees the 17 image tokens, the blocks and the tied output layer (128 x 512) see all S
+with S = 9 + T positions per row (T = the batch's text width; padding goes through the matmuls too): the visual
+projection (20 x 128) sees the 9 image tokens, the blocks and the tied output layer (128 x 512) see all S
 positions. The text-only model has S = T and no visual projection. The efficiency is achieved FLOP/s divided by the
 FLOP/s of a 1024^3 fp32 matmul measured in the same run.
 
-Captioning: greedy decoding of 24 new tokens after the 17 image tokens and <bos> (`generation.generate` through a
+Captioning: greedy decoding of 24 new tokens after the 9 image tokens and <bos> (`generation.generate` through a
 `prefix_lm.Bound` model, as `generate_text` does, but with eos_token_id=None so that every row writes all 24
 tokens: new tokens = 128 x 24 per call). With the KV cache against without it, paired; the ratio is the cache's
 speed-up. Beam search (4 beams) with the cache is paired with greedy with the cache; its tokens/s count the 24
@@ -58,14 +58,14 @@ def train_flops(config: TextConfig, batch: int, positions: int, image_tokens: in
 
 
 def text_batch(tokenizer, config: prefix_lm.PrefixLMConfig) -> dict:
-    """One batch as notebook 03 trains on: features [B, 17, 96] (random), input_ids / attention_mask / labels [B, T]."""
+    """One batch as notebook 03 trains on: features [B, 9, 20] (random), input_ids / attention_mask / labels [B, T]."""
     scenes = ShapesWorld(seed=SEED).scenes(N_SCENES, "train")
     captions = [language.caption(s, variant=i % 4) for i, s in enumerate(scenes)]
     qas = [qa for s in scenes for qa in language.sample_vqa(s, VQA_PER_SCENE, salt="train")]
     prompts, targets = prefix_lm.training_texts(captions, qas, seed=SEED)
     text = encode_texts(tokenizer, prompts, targets, max_length=config.text_len)
     g = torch.Generator().manual_seed(SEED)
-    features = torch.randn(BATCH, config.n_image_tokens, config.vision_dim, generator=g)  # [B, 17, 96]
+    features = torch.randn(BATCH, config.n_image_tokens, config.vision_dim, generator=g)  # [B, 9, 20]
 
     def collate(rows: list[int]) -> dict:
         rows = torch.tensor(rows)

@@ -159,9 +159,67 @@ def test_caption_positions_give_the_same_greedy_text_with_and_without_the_cache(
 def test_one_prompt_per_image_gives_what_each_alone_gives(tok):
     model = FP.PrefixCaptioner(small_lm(max_len=32), FP.TransformerMapper(8, 32, k=3, dim=16), caption_positions=True)
     features = torch.randn(3, 4, 8)
-    prompts = ["", "question: is there a star? answer:", "a large"]
+    prompts = ["", "is there a star?", "a large"]
     together = FP.generate_captions(model, tok, features, prompts, max_new_tokens=4)
     alone = [FP.generate_captions(model, tok, features[i : i + 1], prompts[i], max_new_tokens=4)[0] for i in range(3)]
     assert together == alone
     with pytest.raises(ValueError, match="one per input"):
         FP.generate_captions(model, tok, features, prompts[:2])
+
+
+def deep_captioner() -> FP.DeepPrefixCaptioner:
+    lm = small_lm()
+    torch.manual_seed(1)
+    return FP.DeepPrefixCaptioner(lm, FP.DeepPrefixMapper(8, 32, k=3, n_layers=2, dim=16))
+
+
+def test_the_deep_prefix_is_every_layers_first_keys_and_values(tok):
+    """One attention layer by hand: the caption's queries see the mapper's k keys/values before its own."""
+    model = deep_captioner()
+    features = torch.randn(2, 4, 8)
+    kv = model.mapper(features)
+    assert kv.shape == (2, 2, 2, 3, 32)  # [B, layers, keys/values, k, D]
+    text = encode_texts(tok, ["", ""], ["a large red star", "a cross"], max_length=20)
+    lm = model.lm.transformer
+    x = lm.tok_emb(text.input_ids) + lm.pos_emb(torch.arange(text.input_ids.size(1)))  # positions from 0
+    block, T = lm.blocks[0], text.input_ids.size(1)
+    h = block.ln1(x)
+    q, k, v = block.attn.q(h), *block.attn.kv(h).chunk(2, dim=-1)
+    k, v = torch.cat([kv[:, 0, 0], k], dim=1), torch.cat([kv[:, 0, 1], v], dim=1)  # [B, 3 + T, D]
+    heads = lambda t: t.view(2, t.size(1), 2, 16).transpose(1, 2)  # noqa: E731
+    allowed = torch.cat([torch.ones(T, 3, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], dim=1)
+    allowed = allowed & torch.cat([torch.ones(2, 3, dtype=torch.bool), text.attention_mask.bool()], dim=1)[:, None, None]
+    scores = (heads(q) @ heads(k).transpose(-1, -2) / 4.0).masked_fill(~allowed, float("-inf"))
+    by_hand = block.attn.proj((scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(2, T, 32))
+    caches = model.caches(features)
+    assert len(caches) == 2 and len(caches[0]) == 3
+    mask = torch.cat([torch.ones(2, 3, dtype=torch.long), text.attention_mask], dim=1)
+    ours = block.attn(h, mask=mask.bool()[:, None, None], causal=True, kv_cache=caches[0])
+    torch.testing.assert_close(ours, by_hand)
+
+
+def test_training_the_deep_prefix_moves_the_mapper_and_never_the_lm(tok):
+    model = deep_captioner()
+    text = encode_texts(tok, ["", ""], ["a large red star", "a small blue circle"], max_length=20)
+    batch = {"inputs": torch.randn(2, 4, 8), "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+             "labels": text.labels}
+    before = FP.checksum(model.lm)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = FP.batch_loss(model, batch)[0].item()
+    for _ in range(30):
+        loss, _ = FP.batch_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.2 and FP.checksum(model.lm) == before
+
+
+def test_deep_prefix_captions_are_the_same_with_and_without_the_cache_and_beams_run(tok):
+    model = deep_captioner()
+    features, prompts = torch.randn(3, 4, 8), ["", "a large", "is there a star?"]
+    cached = FP.generate_captions(model, tok, features, prompts, max_new_tokens=5)
+    assert cached == FP.generate_captions(model, tok, features, prompts, max_new_tokens=5, use_cache=False)
+    alone = [FP.generate_captions(model, tok, features[i : i + 1], prompts[i], max_new_tokens=5)[0] for i in range(3)]
+    assert cached == alone
+    beams = FP.generate_captions(model, tok, features, prompts, max_new_tokens=5, strategy="beam", num_beams=3)
+    assert len(beams) == 3

@@ -25,9 +25,9 @@ SHIPPED_CHECKS = {  # the shipped models, measured again inside each notebook wi
     "01_backbones": lambda m: m["vit_attr_acc"] >= 0.98,
     # notebook 02 measures on the smoke profile's 100 held-out scenes per set
     "02_contrastive_clip": lambda m: m["zs_color_acc"] >= 0.95 and m["t2i_r1"] >= 0.85 and m["relation_swap_acc_negclip"] >= 0.85,
-    # notebooks 03 and 04 measure on the smoke profile's 60 held-out scenes; the bounds sit just under what the
-    # shipped models score there (0.851 / 0.639 and 0.252): they miss the targets, see the README
-    "03_prefix_lm": lambda m: m["caption_attr_f1"] >= 0.80 and m["vqa_acc"] >= 0.55,
+    # notebooks 03 and 04 measure on the smoke profile's 60 held-out scenes (180 questions); the shipped models
+    # score 0.922 / 0.856 and 0.252 there. 03's bounds are its targets; 04's sits under its score (target missed)
+    "03_prefix_lm": lambda m: m["caption_attr_f1"] >= 0.90 and m["vqa_acc"] >= 0.85,
     "04_frozen_prefix": lambda m: m["caption_attr_f1"] >= 0.20 and m["trainable_fraction"] < 0.10,
 }
 

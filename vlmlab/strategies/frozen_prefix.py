@@ -11,6 +11,10 @@ flows back THROUGH the frozen LM to reach the prefix; the LM's weights just neve
 - `TransformerMapper` (ClipCap's transformer mapper, MAPL's design): k learned query vectors read the
   image tokens through a small bidirectional transformer; the outputs at the queries are the prefix.
 
+`DeepPrefixMapper` puts the prefix elsewhere: prefix-tuning (Li & Liang 2021) written by the image. Instead of
+k input vectors it writes k keys and values for EVERY layer's attention, which the frozen LM reads as if they
+were cached past tokens (`DeepPrefixCaptioner`).
+
 The LM may be `vlmlab.nn.CausalLM` (tiny-gpt) or a Hugging Face causal LM (SmolLM2 on the real track):
 both take `inputs_embeds`, `attention_mask` and `labels` and shift the labels the same way.
 """
@@ -28,7 +32,7 @@ from ..data.loaders import IGNORE_INDEX, TextBatch, to_float
 from ..data.shapes import Scene
 from ..evaluate import caption_scores
 from ..generation import generate
-from ..nn import Block
+from ..nn import Block, KVCache, split_heads
 from ..params import require
 from .prefix_lm import prompt_ids
 
@@ -67,6 +71,20 @@ class TransformerMapper(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.out(x[:, -self.k :])  # [B, k, lm_dim]
+
+
+class DeepPrefixMapper(nn.Module):
+    """Prefix-tuning written by the image: a TransformerMapper with 2 * n_layers * k queries, whose outputs are
+    k keys and k values for each of the LM's n_layers attention layers. [B, N, in_dim] -> [B, n_layers, 2, k,
+    lm_dim]. Introduced in notebook 04."""
+
+    def __init__(self, in_dim: int, lm_dim: int, k: int, n_layers: int, dim: int = 64, depth: int = 1, n_heads: int = 4):
+        super().__init__()
+        self.k, self.n_layers = k, n_layers
+        self.body = TransformerMapper(in_dim, lm_dim, 2 * n_layers * k, dim, depth, n_heads)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.body(features).view(len(features), self.n_layers, 2, self.k, -1)
 
 
 def save_mapper(name: str, mapper: TransformerMapper, metrics: dict, root=None):
@@ -178,6 +196,60 @@ def batch_loss(model: PrefixCaptioner, batch: dict) -> tuple[torch.Tensor, dict[
     return model(batch["inputs"], text).loss, {}
 
 
+class DeepPrefixCaptioner(PrefixCaptioner):
+    """A frozen `vlmlab.nn.CausalLM` that reads a `DeepPrefixMapper`'s keys and values in every layer, before
+    the caption, as a KV cache of k past positions. The caption keeps its own positions (from 0). Introduced
+    in notebook 04."""
+
+    def caches(self, inputs: torch.Tensor) -> list[KVCache]:
+        """Images or features -> one KVCache per LM layer, holding the k prefix keys and values [B, H, k, hd]."""
+        features = inputs if self.vision is None else self.vision(to_float(inputs)).hidden
+        kv = self.mapper(features)  # [B, L, 2, k, D]
+        heads = self.lm.config.n_heads
+        caches = []
+        for layer in range(kv.size(1)):
+            cache = KVCache()
+            cache.update(split_heads(kv[:, layer, 0], heads), split_heads(kv[:, layer, 1], heads))
+            caches.append(cache)
+        return caches
+
+    def forward(self, inputs: torch.Tensor, text: TextBatch):
+        caches = self.caches(inputs)
+        return DeepPrefixDecoder(self.lm, caches)(input_ids=text.input_ids, attention_mask=text.attention_mask,
+                                                  labels=text.labels)
+
+
+class DeepPrefixDecoder:
+    """The frozen LM as `vlmlab.generation.generate` drives it, with the deep prefix in front: the prefix caches
+    (copied for beams: row b * K + j belongs to image b) are passed as `past_key_values` on the first call, the
+    attention mask is extended over them, and the text's positions count from 0. Introduced in notebook 04."""
+
+    def __init__(self, lm: nn.Module, caches: list[KVCache]):
+        self.lm, self.caches = lm, caches
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.embed(input_ids)
+
+    def fresh_caches(self, rows: int) -> list[KVCache]:
+        """Copies of the prefix caches for `rows` rows: the LM extends a cache in place, so each call gets its own."""
+        out = []
+        for cache in self.caches:
+            copy = KVCache()
+            repeat = rows // cache.k.size(0)
+            copy.update(cache.k.repeat_interleave(repeat, dim=0), cache.v.repeat_interleave(repeat, dim=0))
+            out.append(copy)
+        return out
+
+    def __call__(self, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None, past_key_values=None,
+                 use_cache: bool = False):
+        B, k = attention_mask.size(0), len(self.caches[0])
+        new = (input_ids if input_ids is not None else inputs_embeds).size(1)
+        positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -new:]  # the text from 0
+        mask = torch.cat([attention_mask.new_ones(B, k), attention_mask], dim=1)  # the prefix is always visible
+        past = past_key_values if past_key_values is not None else self.fresh_caches(B)
+        return self.lm(input_ids, inputs_embeds, mask, labels, past, use_cache=True, position_ids=positions)
+
+
 # ---------------------------------------------------------------- what is frozen, what trains
 
 
@@ -213,12 +285,18 @@ def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, p
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(inputs), batch_size):
-        prefix = model.prefix(inputs[start : start + batch_size].to(device))  # [b, k, D]
+        chunk = inputs[start : start + batch_size].to(device)
         ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))  # left-padded
-        embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
-        mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
-        room = room_left(model.lm, embeds.size(1))
-        new = generate(model.decoder(prefix.size(1)), inputs_embeds=embeds, attention_mask=mask,
+        if isinstance(model, DeepPrefixCaptioner):  # the prefix is in every layer's cache, not in the sequence
+            caches = model.caches(chunk)
+            decoder, embeds, used = DeepPrefixDecoder(model.lm, caches), model.embed(ids), len(caches[0]) + ids.size(1)
+        else:
+            prefix = model.prefix(chunk)  # [b, k, D]
+            embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
+            mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
+            decoder, used = model.decoder(prefix.size(1)), embeds.size(1)
+        room = room_left(model.lm, used)
+        new = generate(decoder, inputs_embeds=embeds, attention_mask=mask,
                        max_new_tokens=min(max_new_tokens, room), eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
         out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
