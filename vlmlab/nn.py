@@ -374,6 +374,8 @@ class TextTransformer(nn.Module):
         if prefix_len is not None:
             require(causal, "prefix_len", prefix_len, "None for a bidirectional model")
             mask, causal = combine_masks(mask, prefix_mask(T, S, prefix_len, x.device)), False
+        if causal:  # built once here, not again in every block
+            mask, causal = combine_masks(mask, causal_mask(T, S, x.device)), False
         x = self.drop(x + self.pos_emb(positions))
         caches = past_key_values if past_key_values is not None else [None] * len(self.blocks)
         for block, cache in zip(self.blocks, caches):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.language import caption, vqa_pairs
-from .data.loaders import ShapesDataset, encode_texts, to_float
+from .data.loaders import IGNORE_INDEX, ShapesDataset, encode_texts, to_float
 from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
 from .nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig, mask_tokens
 
@@ -152,11 +152,11 @@ def perplexity(lm: nn.Module, tokenizer, texts: list[str], batch_size: int = 256
     total, count, device = 0.0, 0, next(lm.parameters()).device
     for i in range(0, len(texts), batch_size):
         batch = encode_texts(tokenizer, texts[i : i + batch_size])
-        logits = lm(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-        labels = batch.labels[:, 1:].to(device)
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-        total += nll.item()
-        count += int((labels != -100).sum())
+        n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())  # the tokens the mean loss is over
+        loss = lm(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                  labels=batch.labels.to(device)).loss
+        total += loss.item() * n
+        count += n
     return math.exp(total / count), count
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import math
 import warnings
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..files import package_folder
 
 INSTALL_HINTS = {
     "tuxpaint_stamps": "sudo apt-get install --no-install-recommends tuxpaint-stamps-default",
@@ -283,12 +284,6 @@ def fashion_mnist(split: str = "train", root=None) -> tuple[np.ndarray, np.ndarr
 
 # ---- sample photos and ImageNet class names: files inside installed Python packages ----
 
-def _package_dir(package: str) -> Path | None:
-    """The folder of an installed top-level package, found without importing it (find_spec runs no package code)."""
-    spec = importlib.util.find_spec(package)
-    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
-
-
 def sample_photos() -> dict[str, tuple[Image.Image, str]]:
     """name -> (RGB photo, short English caption) for each SAMPLE_PHOTOS file that is installed.
 
@@ -296,7 +291,7 @@ def sample_photos() -> dict[str, tuple[Image.Image, str]]:
     """
     photos, missing = {}, []
     for name, (package, file, caption) in SAMPLE_PHOTOS.items():
-        folder = _package_dir(package)
+        folder = package_folder(package)
         if folder is None:
             missing.append(f"{name}: {package} is not installed ({INSTALL_HINTS[package]})")
         elif not (folder / file).is_file():
@@ -310,7 +305,7 @@ def sample_photos() -> dict[str, tuple[Image.Image, str]]:
 
 def imagenet_classnames_path() -> Path | None:
     """timm's `data/_info` folder holding imagenet_synsets.txt and imagenet_synset_to_lemma.txt, or None."""
-    timm = _package_dir("timm")  # timm needs torchvision to import; its data files do not
+    timm = package_folder("timm")  # timm needs torchvision to import; its data files do not
     info = timm / "data" / "_info" if timm else None
     if info and (info / "imagenet_synsets.txt").is_file() and (info / "imagenet_synset_to_lemma.txt").is_file():
         return info
