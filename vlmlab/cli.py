@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
-import importlib.util
 import io
 import itertools
 import os
@@ -35,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import metrics, params
+from . import files, metrics, params
 
 FIXED_COLUMNS = ["run", "notebook", "profile", "status", "wall_s", "peak_rss_mb"]
 
@@ -202,7 +201,7 @@ def run_notebook(notebook: Path, out_dir: Path, parameters: dict, timeout: float
         print(f"✓ {notebook.stem} ok in {info['wall_s']} s, peak RSS {info['peak_rss_mb']:.0f} MB")
     recorded = metrics.read_json(out_dir / "metrics.json")
     result = info | {key: value for key, value in recorded.items() if key not in info}
-    metrics.write_json_atomic(out_dir / "metrics.json", result)
+    files.write_json_atomic(out_dir / "metrics.json", result)
     return result
 
 
@@ -291,7 +290,7 @@ def report(dirs: list[Path], csv_path: Path | None) -> int:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    csv_path = metrics.write_text_atomic(Path(csv_path) if csv_path else Path(dirs[0]) / "report.csv", buffer.getvalue())
+    csv_path = files.write_text_atomic(Path(csv_path) if csv_path else Path(dirs[0]) / "report.csv", buffer.getvalue())
     print(f"{len(rows)} run(s); CSV: {csv_path}")
     return 0
 
@@ -404,8 +403,7 @@ def data_checks() -> list[tuple[bool, str, str]]:
     found = {"tuxpaint_stamps": real.tuxpaint_root(), "fashion_mnist": fashion and fashion["train"]["images"].parent,
              "imagenet_classnames": real.imagenet_classnames_path()}
     for package in ("skimage", "matplotlib", "sklearn"):  # their sample photos
-        spec = importlib.util.find_spec(package)
-        found[package] = spec and Path(spec.origin).parent
+        found[package] = files.package_folder(package)
     return [(bool(where), key, str(where) if where else f"not found: {real.INSTALL_HINTS[key]}") for key, where in found.items()]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,16 @@ def sha256_file(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    """`data` as indented JSON with a final newline, written atomically: every JSON record vlmlab keeps."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 def package_folder(module: str) -> Path | None:
     """Where an installed top-level package lives, found without importing it (find_spec runs no package code);

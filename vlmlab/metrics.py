@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import write_json_atomic
 
 MAX_TEXT = 200  # a metric string is a label ("greedy", "tiny-vit"), not a report
 _recorded: dict = {}
@@ -49,14 +49,6 @@ def _peak_gpu_mb() -> float | None:
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` so that readers see either the old file or the whole new one."""
-    return atomic_write_bytes(path, text.encode())
-
-
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

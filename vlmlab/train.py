@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .files import write_json_atomic
 from .params import is_int, is_number, require
-from .zoo import CheckpointError, atomic_write_bytes, check_sha256, sha256_file, write_safetensors_atomic
+from .zoo import CheckpointError, check_sha256, sha256_file, write_safetensors_atomic
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,7 +144,7 @@ def _save_state(path: Path, model, optimizer, scaler, step: int, history: Histor
     write_safetensors_atomic(tensors, path, metadata={"step": str(step)})
     record = {"format": 1, "step": step, "sha256": sha256_file(path), "config": config,
               "scaler": scaler.state_dict(), "history": history.as_dict()}
-    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(record, indent=1) + "\n").encode())
+    write_json_atomic(path.with_suffix(".json"), record)
 
 
 def _load_state(path: Path, model, optimizer, scaler, config: dict, device) -> tuple[int, History]:

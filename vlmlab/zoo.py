@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from .files import atomic_write_bytes, sha256_file
+from .files import atomic_write_bytes, sha256_file, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "data" / "checkpoints"
@@ -117,7 +117,7 @@ def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict
     floating = sorted({str(t.dtype).removeprefix("torch.") for t in state_dict.values() if t.is_floating_point()})
     record |= {"sha256": sha256_file(path), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "dtype": ",".join(floating) or None}
-    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    write_json_atomic(path.with_suffix(".json"), record)
     return path
 
 
