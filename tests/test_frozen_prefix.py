@@ -191,7 +191,7 @@ def test_the_deep_prefix_is_every_layers_first_keys_and_values(tok):
     allowed = allowed & torch.cat([torch.ones(2, 3, dtype=torch.bool), text.attention_mask.bool()], dim=1)[:, None, None]
     scores = (heads(q) @ heads(k).transpose(-1, -2) / 4.0).masked_fill(~allowed, float("-inf"))
     by_hand = block.attn.proj((scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(2, T, 32))
-    caches = model.caches(features)
+    caches = FP.DeepPrefixDecoder(model.lm, model.prefix(features)).caches(2)
     assert len(caches) == 2 and len(caches[0]) == 3
     mask = torch.cat([torch.ones(2, 3, dtype=torch.long), text.attention_mask], dim=1)
     ours = block.attn(h, mask=mask.bool()[:, None, None], causal=True, kv_cache=caches[0])

@@ -42,7 +42,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` so that readers see either the old file or the whole new one."""
     return atomic_write_bytes(path, text.encode())
@@ -51,6 +50,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: dict) -> Path:
     """`data` as indented JSON with a final newline, written atomically: every JSON record vlmlab keeps."""
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
 
 def package_folder(module: str) -> Path | None:
     """Where an installed top-level package lives, found without importing it (find_spec runs no package code);

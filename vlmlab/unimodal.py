@@ -111,10 +111,8 @@ class RegionEncoder(nn.Module):
 @torch.no_grad()
 def region_features(encoder: RegionEncoder, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """A locked RegionEncoder's tokens for uint8 images [N, 3, H, W] -> [N, 9, 20], computed once for a
-    whole data set (notebooks 03 and 04)."""
-    device = next(encoder.parameters()).device
-    encoder.eval()
-    return torch.cat([encoder(chunk.to(device)) for chunk in images.split(batch_size)])
+    whole data set (notebook 03)."""
+    return encoder.read(vit_features(encoder.vit, images, batch_size)[:, 1:])
 
 
 def region_encoder(root=None) -> RegionEncoder:

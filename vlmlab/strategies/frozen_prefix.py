@@ -198,55 +198,42 @@ def batch_loss(model: PrefixCaptioner, batch: dict) -> tuple[torch.Tensor, dict[
 
 class DeepPrefixCaptioner(PrefixCaptioner):
     """A frozen `vlmlab.nn.CausalLM` that reads a `DeepPrefixMapper`'s keys and values in every layer, before
-    the caption, as a KV cache of k past positions. The caption keeps its own positions (from 0). Introduced
-    in notebook 04."""
-
-    def caches(self, inputs: torch.Tensor) -> list[KVCache]:
-        """Images or features -> one KVCache per LM layer, holding the k prefix keys and values [B, H, k, hd]."""
-        features = inputs if self.vision is None else self.vision(to_float(inputs)).hidden
-        kv = self.mapper(features)  # [B, L, 2, k, D]
-        heads = self.lm.config.n_heads
-        caches = []
-        for layer in range(kv.size(1)):
-            cache = KVCache()
-            cache.update(split_heads(kv[:, layer, 0], heads), split_heads(kv[:, layer, 1], heads))
-            caches.append(cache)
-        return caches
+    the caption, as a KV cache of k past positions; `prefix(inputs)` is [B, L, 2, k, D]. The caption keeps its
+    own positions (from 0). Introduced in notebook 04."""
 
     def forward(self, inputs: torch.Tensor, text: TextBatch):
-        caches = self.caches(inputs)
-        return DeepPrefixDecoder(self.lm, caches)(input_ids=text.input_ids, attention_mask=text.attention_mask,
-                                                  labels=text.labels)
+        return DeepPrefixDecoder(self.lm, self.prefix(inputs))(input_ids=text.input_ids,
+                                                               attention_mask=text.attention_mask, labels=text.labels)
 
 
 class DeepPrefixDecoder:
-    """The frozen LM as `vlmlab.generation.generate` drives it, with the deep prefix in front: the prefix caches
-    (copied for beams: row b * K + j belongs to image b) are passed as `past_key_values` on the first call, the
-    attention mask is extended over them, and the text's positions count from 0. Introduced in notebook 04."""
+    """The frozen LM with a deep prefix kv [B, L, 2, k, D] in front, as `fit` and `vlmlab.generation.generate`
+    drive it: on a call without `past_key_values` the prefix becomes one KVCache per layer (rows repeated for
+    beams: row b * K + j belongs to image b), the attention mask is extended over it, and the text's positions
+    count from 0. Introduced in notebook 04."""
 
-    def __init__(self, lm: nn.Module, caches: list[KVCache]):
-        self.lm, self.caches = lm, caches
+    def __init__(self, lm: nn.Module, kv: torch.Tensor):
+        self.lm, self.kv = lm, kv
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.embed(input_ids)
 
-    def fresh_caches(self, rows: int) -> list[KVCache]:
-        """Copies of the prefix caches for `rows` rows: the LM extends a cache in place, so each call gets its own."""
-        out = []
-        for cache in self.caches:
-            copy = KVCache()
-            repeat = rows // cache.k.size(0)
-            copy.update(cache.k.repeat_interleave(repeat, dim=0), cache.v.repeat_interleave(repeat, dim=0))
-            out.append(copy)
-        return out
+    def caches(self, rows: int) -> list[KVCache]:
+        """One fresh KVCache per layer holding the prefix keys and values [rows, H, k, hd]: the LM extends a cache
+        in place, so every call that starts over gets its own."""
+        kv, heads = self.kv.repeat_interleave(rows // len(self.kv), dim=0), self.lm.config.n_heads
+        caches = [KVCache() for _ in range(kv.size(1))]
+        for layer, cache in enumerate(caches):
+            cache.update(split_heads(kv[:, layer, 0], heads), split_heads(kv[:, layer, 1], heads))
+        return caches
 
     def __call__(self, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None, past_key_values=None,
                  use_cache: bool = False):
-        B, k = attention_mask.size(0), len(self.caches[0])
+        B, k = attention_mask.size(0), self.kv.size(3)
         new = (input_ids if input_ids is not None else inputs_embeds).size(1)
         positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -new:]  # the text from 0
         mask = torch.cat([attention_mask.new_ones(B, k), attention_mask], dim=1)  # the prefix is always visible
-        past = past_key_values if past_key_values is not None else self.fresh_caches(B)
+        past = past_key_values if past_key_values is not None else self.caches(B)
         return self.lm(input_ids, inputs_embeds, mask, labels, past, use_cache=True, position_ids=positions)
 
 
@@ -287,11 +274,10 @@ def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, p
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size].to(device)
         ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))  # left-padded
+        prefix = model.prefix(chunk)  # [b, k, D], or [b, L, 2, k, D] for a deep prefix
         if isinstance(model, DeepPrefixCaptioner):  # the prefix is in every layer's cache, not in the sequence
-            caches = model.caches(chunk)
-            decoder, embeds, used = DeepPrefixDecoder(model.lm, caches), model.embed(ids), len(caches[0]) + ids.size(1)
+            decoder, embeds, used = DeepPrefixDecoder(model.lm, prefix), model.embed(ids), prefix.size(3) + ids.size(1)
         else:
-            prefix = model.prefix(chunk)  # [b, k, D]
             embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
             mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
             decoder, used = model.decoder(prefix.size(1)), embeds.size(1)

@@ -5,9 +5,9 @@ prefix both ways and writes the continuation one token at a time. Introduced in 
     attention  bidirectional over the first N + len(prefix) positions, causal after them
     loss       next-token cross-entropy on the continuation only
 
-One model does several tasks by choosing the prefix: an empty prefix is captioning, "question: ... answer:"
-is VQA, "a large red" is caption completion. SimVLM trains with a random split point: any first part of a
-caption can be the prefix. The image tokens here are region tokens (`unimodal.RegionEncoder`): notebook 01's
+One model does several tasks by choosing the prefix: an empty prefix is captioning, a question is VQA, "a
+large red" is caption completion. SimVLM trains with a random split point: any first part of a caption can be
+the prefix. The image tokens here are region tokens (`unimodal.RegionEncoder`): notebook 01's
 locked ViT and cell probe, one vector per grid cell, computed once; a linear layer maps them to the language
 model's width.
 
