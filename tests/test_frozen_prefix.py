@@ -223,3 +223,37 @@ def test_deep_prefix_captions_are_the_same_with_and_without_the_cache_and_beams_
     assert cached == alone
     beams = FP.generate_captions(model, tok, features, prompts, max_new_tokens=5, strategy="beam", num_beams=3)
     assert len(beams) == 3
+
+
+def test_a_deep_prefix_holds_no_position_so_it_may_be_longer_than_the_room_left(tok):
+    """max_len bounds the positions the LM learned; a deep prefix takes none, so k + caption may exceed it."""
+    torch.manual_seed(0)
+    model = FP.DeepPrefixCaptioner(small_lm(max_len=12), FP.DeepPrefixMapper(8, 32, k=10, n_layers=2, dim=16))
+    said = FP.generate_captions(model, tok, torch.randn(2, 4, 8), max_new_tokens=8)
+    assert len(said) == 2
+    text = encode_texts(tok, [""], ["a large red star"], max_length=12)
+    with pytest.raises(ValueError, match="position_ids"):  # a position past the table is still refused
+        model.lm(text.input_ids, position_ids=torch.arange(12, 12 + text.input_ids.size(1))[None])
+
+
+def test_free_prefixes_fit_one_caption_each_and_look_up_by_row(tok):
+    """The ceiling of notebook 04: a free deep prefix per caption makes the frozen LM say exactly that caption."""
+    torch.manual_seed(0)
+    lm = small_lm()
+    captions = ["a large red star", "a small blue circle", "a cross"]
+    text = encode_texts(tok, [""] * 3, captions, max_length=20)
+    free = FP.FreePrefix(3, (2, 2, 4, 32))
+    assert free(torch.tensor([2, 0])).shape == (2, 2, 2, 4, 32)
+    torch.testing.assert_close(free(torch.tensor([2]))[0], free.prefixes[2])
+    model = FP.DeepPrefixCaptioner(lm, free)
+    batch = {"inputs": torch.arange(3), "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+             "labels": text.labels}
+    before = FP.checksum(lm)
+    opt = torch.optim.Adam(free.parameters(), lr=0.1)
+    for _ in range(200):
+        loss, _ = FP.batch_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert FP.generate_captions(model, tok, torch.arange(3), max_new_tokens=8) == captions
+    assert FP.checksum(lm) == before

@@ -360,8 +360,12 @@ class TextTransformer(nn.Module):
             require(len(past_key_values) == len(self.blocks), "len(past_key_values)", len(past_key_values), f"{len(self.blocks)}")
             past = len(past_key_values[0])
         S = past + T
-        require(S <= self.config.max_len, "sequence length", f"{S} (cached {past} + new {T})",
-                f"<= max_len={self.config.max_len}")
+        if position_ids is None:  # positions count the sequence, so max_len bounds its length
+            require(S <= self.config.max_len, "sequence length", f"{S} (cached {past} + new {T})",
+                    f"<= max_len={self.config.max_len}")
+        else:  # given positions (a deep prefix holds no position of its own): max_len bounds them alone
+            require(int(position_ids.max()) < self.config.max_len, "position_ids", int(position_ids.max()),
+                    f"< max_len={self.config.max_len}")
         if attention_mask is None:
             positions, mask = torch.arange(past, S, device=x.device), None  # [T]
         else:

@@ -13,7 +13,8 @@ flows back THROUGH the frozen LM to reach the prefix; the LM's weights just neve
 
 `DeepPrefixMapper` puts the prefix elsewhere: prefix-tuning (Li & Liang 2021) written by the image. Instead of
 k input vectors it writes k keys and values for EVERY layer's attention, which the frozen LM reads as if they
-were cached past tokens (`DeepPrefixCaptioner`).
+were cached past tokens (`DeepPrefixCaptioner`). `FreePrefix` learns one prefix per caption with no image at
+all: the ceiling of what a prefix of either kind can make the LM say.
 
 The LM may be `vlmlab.nn.CausalLM` (tiny-gpt) or a Hugging Face causal LM (SmolLM2 on the real track):
 both take `inputs_embeds`, `attention_mask` and `labels` and shift the labels the same way.
@@ -85,6 +86,20 @@ class DeepPrefixMapper(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features).view(len(features), self.n_layers, 2, self.k, -1)
+
+
+class FreePrefix(nn.Module):
+    """No image and no mapper: one freely trained prefix per caption, looked up by row number. Fitting it to
+    the captions measures how far a prefix of that shape can steer the frozen LM at all (notebook 04's ceiling).
+    `shape` is (k, lm_dim) for an input prefix or (n_layers, 2, k, lm_dim) for a deep one.
+    rows [B] (long) -> [B, *shape]. Introduced in notebook 04."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], std: float = 0.02):
+        super().__init__()
+        self.prefixes = nn.Parameter(torch.randn(n, *shape) * std)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.prefixes[rows]
 
 
 def save_mapper(name: str, mapper: TransformerMapper, metrics: dict, root=None):
@@ -276,7 +291,7 @@ def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, p
         ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))  # left-padded
         prefix = model.prefix(chunk)  # [b, k, D], or [b, L, 2, k, D] for a deep prefix
         if isinstance(model, DeepPrefixCaptioner):  # the prefix is in every layer's cache, not in the sequence
-            decoder, embeds, used = DeepPrefixDecoder(model.lm, prefix), model.embed(ids), prefix.size(3) + ids.size(1)
+            decoder, embeds, used = DeepPrefixDecoder(model.lm, prefix), model.embed(ids), ids.size(1)  # it holds no position
         else:
             embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
             mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
