@@ -126,12 +126,25 @@ def test_interleave_builds_one_sequence_and_refuses_one_too_long(tok):
 
 def test_a_saved_mapper_loads_back_with_its_config(tmp_path):
     torch.manual_seed(0)
-    mapper = FP.TransformerMapper(8, 32, k=3, dim=16, depth=2)
+    mapper = FP.ObjectPrefixMapper(76, 32, k=3, n_layers=2)
     FP.save_mapper("m", mapper, {"attr_f1": 0.5}, root=tmp_path)
     back = FP.load_mapper("m", root=tmp_path)
     assert back.config == mapper.config
-    x = torch.randn(2, 4, 8)
+    x = torch.randn(2, 76)
     torch.testing.assert_close(back(x), mapper(x), atol=2e-3, rtol=2e-3)  # saved as fp16
+
+
+def test_the_object_prefix_has_the_same_keys_for_every_image_and_values_from_its_objects(tok):
+    torch.manual_seed(0)
+    mapper = FP.ObjectPrefixMapper(76, 32, k=3, n_layers=2)
+    objects = torch.randn(2, 76)
+    kv = mapper(objects)
+    assert kv.shape == (2, 2, 2, 3, 32)  # [B, layers, keys/values, k, D]
+    torch.testing.assert_close(kv[0, :, 0], kv[1, :, 0])  # keys: one set for all images
+    assert not torch.allclose(kv[0, :, 1], kv[1, :, 1])  # values: the image's own
+    model = FP.DeepPrefixCaptioner(small_lm(), mapper)
+    said = FP.generate_captions(model, tok, objects, max_new_tokens=4)
+    assert len(said) == 2
 
 
 def test_caption_positions_restart_at_bos_and_put_the_prefix_at_zero():

@@ -26,9 +26,9 @@ SHIPPED_CHECKS = {  # the shipped models, measured again inside each notebook wi
     # notebook 02 measures on the smoke profile's 100 held-out scenes per set
     "02_contrastive_clip": lambda m: m["zs_color_acc"] >= 0.95 and m["t2i_r1"] >= 0.85 and m["relation_swap_acc_negclip"] >= 0.85,
     # notebooks 03 and 04 measure on the smoke profile's 60 held-out scenes (180 questions); the shipped models
-    # score 0.922 / 0.856 and 0.252 there. 03's bounds are its targets; 04's sits under its score (target missed)
+    # score 0.922 / 0.856 and 0.965 there. The bounds are the notebooks' targets
     "03_prefix_lm": lambda m: m["caption_attr_f1"] >= 0.90 and m["vqa_acc"] >= 0.85,
-    "04_frozen_prefix": lambda m: m["caption_attr_f1"] >= 0.20 and m["trainable_fraction"] < 0.10,
+    "04_frozen_prefix": lambda m: m["caption_attr_f1"] >= 0.85 and m["trainable_fraction"] < 0.10,
 }
 
 

@@ -6,11 +6,12 @@ from collections import Counter
 from dataclasses import asdict
 
 import torch
+import torch.nn.functional as F
 
 from vlmlab import zoo
 from vlmlab.data.language import caption
 from vlmlab.data.loaders import ShapesDataset
-from vlmlab.data.shapes import Obj, Scene, ShapesWorld
+from vlmlab.data.shapes import COLORS, SHAPES, SIZES, Obj, Scene, ShapesWorld
 from vlmlab.nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.unimodal import (
@@ -21,6 +22,7 @@ from vlmlab.unimodal import (
     caption_log_prob,
     cell_targets,
     grammar_perplexity,
+    object_list,
     region_features,
     remeasure,
     scene_parsing_loss,
@@ -86,6 +88,20 @@ def test_region_tokens_are_the_probe_scores_of_each_cell():
     assert tokens.shape == (5, 9, encoder.dim) and encoder.dim == sum(len(v) + 1 for v in ATTRIBUTES.values())
     shape_scores = encoder.probe(vit(images.float() / 127.5 - 1).patches)["shape"]  # [5, 9, 8]
     torch.testing.assert_close(tokens[..., : shape_scores.size(-1)], shape_scores)
+
+
+def test_the_object_list_names_the_objects_in_the_captions_order():
+    """Region scores that are sure of every cell (the scene's own cell targets, as logits) give back the scene's
+    objects in its caption's order, then empty rows, then the count."""
+    scene = next(s for s in ShapesWorld(seed=0).scenes(40, "train") if len(s.objects) == 3)
+    sizes = [len(v) + 1 for v in ATTRIBUTES.values()]
+    regions = torch.cat([F.one_hot(t, n) * 50.0 for t, n in zip(cell_targets(scene).unbind(-1), sizes)], dim=-1)
+    listed = object_list(regions[None])  # [1, 4 * 18 + 4]
+    objects, count = listed[0, :72].view(4, 18), listed[0, 72:]
+    for row, obj in zip(objects, scene.objects):
+        assert (row[:7].argmax().item(), row[7:15].argmax().item(), row[15:17].argmax().item(), row[17].item()) == (
+            SHAPES.index(obj.shape), COLORS.index(obj.color), SIZES.index(obj.size), 1.0)
+    assert objects[3].abs().sum() == 0 and count.tolist() == [0, 0, 1, 0]
 
 
 def _save_tiny(root):

@@ -115,6 +115,28 @@ def region_features(encoder: RegionEncoder, images: torch.Tensor, batch_size: in
     return encoder.read(vit_features(encoder.vit, images, batch_size)[:, 1:])
 
 
+CAPTION_ORDER = sorted(range(N_CELLS), key=lambda cell: (cell % GRID, cell // GRID))  # column by column, as captions list objects
+
+
+def object_list(regions: torch.Tensor, max_objects: int = 4) -> torch.Tensor:
+    """A detector's object list from region tokens [B, 9, 20]: the occupied cells (the probe's most likely shape
+    is not "empty"), in the order captions name them (left to right, then top to bottom), each as its shape,
+    colour and size probabilities and a 1; empty rows after the last object; then the number of objects,
+    one-hot. -> [B, max_objects * 18 + max_objects]. Introduced in notebook 04."""
+    B = len(regions)
+    sizes = [len(values) + 1 for values in ATTRIBUTES.values()]  # 8, 9, 3: class 0 is "empty"
+    probs = [scores.softmax(dim=-1) for scores in regions[:, CAPTION_ORDER].split(sizes, dim=-1)]  # cells in caption order
+    occupied = probs[0].argmax(dim=-1) != 0  # [B, 9]
+    per_cell = torch.cat([p[..., 1:] for p in probs] + [regions.new_ones(B, N_CELLS, 1)], dim=-1)  # [B, 9, 7 + 8 + 2 + 1]
+    rank = occupied.long().cumsum(dim=1) - 1  # [B, 9]: the how-many-th object each cell holds
+    keep = occupied & (rank < max_objects)
+    rows, cells = keep.nonzero(as_tuple=True)
+    objects = regions.new_zeros(B, max_objects, per_cell.size(-1))
+    objects[rows, rank[rows, cells]] = per_cell[rows, cells]
+    count = F.one_hot((keep.sum(dim=1) - 1).clamp(min=0), max_objects).to(regions.dtype)  # [B, max_objects]
+    return torch.cat([objects.flatten(1), count], dim=1)
+
+
 def region_encoder(root=None) -> RegionEncoder:
     """Notebook 01's tiny ViT and its cell probe as one RegionEncoder."""
     parts = load_tiny("tiny-vit", root)

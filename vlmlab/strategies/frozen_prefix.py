@@ -14,7 +14,8 @@ flows back THROUGH the frozen LM to reach the prefix; the LM's weights just neve
 `DeepPrefixMapper` puts the prefix elsewhere: prefix-tuning (Li & Liang 2021) written by the image. Instead of
 k input vectors it writes k keys and values for EVERY layer's attention, which the frozen LM reads as if they
 were cached past tokens (`DeepPrefixCaptioner`). `FreePrefix` learns one prefix per caption with no image at
-all: the ceiling of what a prefix of either kind can make the LM say.
+all: the ceiling of what a prefix of either kind can make the LM say. `ObjectPrefixMapper` is the deep prefix
+notebook 04 ends with: constant keys, values a linear map of a detector's object list.
 
 The LM may be `vlmlab.nn.CausalLM` (tiny-gpt) or a Hugging Face causal LM (SmolLM2 on the real track):
 both take `inputs_embeds`, `attention_mask` and `labels` and shift the labels the same way.
@@ -88,6 +89,24 @@ class DeepPrefixMapper(nn.Module):
         return self.body(features).view(len(features), self.n_layers, 2, self.k, -1)
 
 
+class ObjectPrefixMapper(nn.Module):
+    """A deep prefix this frozen LM can follow: its keys are learned constants, the same for every image (which
+    prefix position a step reads is left to the LM's own queries, which differ from phrase to phrase), and its
+    values are a linear map of the image's object list (`unimodal.object_list`).
+    [B, in_dim] -> [B, n_layers, 2, k, lm_dim]. Introduced in notebook 04."""
+
+    def __init__(self, in_dim: int, lm_dim: int, k: int, n_layers: int):
+        super().__init__()
+        self.config = {"in_dim": in_dim, "lm_dim": lm_dim, "k": k, "n_layers": n_layers}
+        self.keys = nn.Parameter(torch.randn(n_layers, k, lm_dim) * 0.02)
+        self.values = nn.Linear(in_dim, n_layers * k * lm_dim)
+
+    def forward(self, objects: torch.Tensor) -> torch.Tensor:
+        B, (L, k, D) = len(objects), self.keys.shape
+        values = self.values(objects).view(B, L, k, D)
+        return torch.stack([self.keys.expand(B, -1, -1, -1), values], dim=2)  # [B, L, 2, k, D]
+
+
 class FreePrefix(nn.Module):
     """No image and no mapper: one freely trained prefix per caption, looked up by row number. Fitting it to
     the captions measures how far a prefix of that shape can steer the frozen LM at all (notebook 04's ceiling).
@@ -102,16 +121,16 @@ class FreePrefix(nn.Module):
         return self.prefixes[rows]
 
 
-def save_mapper(name: str, mapper: TransformerMapper, metrics: dict, root=None):
-    """Save a transformer mapper to the zoo (fp16 safetensors, its config and metrics); returns the path.
-    The frozen LM and vision encoder are not saved: they are notebook 01's, unchanged."""
+def save_mapper(name: str, mapper: ObjectPrefixMapper, metrics: dict, root=None):
+    """Save notebook 04's object-list mapper to the zoo (fp16 safetensors, its config and metrics); returns the
+    path. The frozen LM and vision encoder are not saved: they are notebook 01's, unchanged."""
     return zoo.save_checkpoint(name, mapper.state_dict(), mapper.config, metrics, root=root, dtype="fp16")
 
 
-def load_mapper(name: str, root=None) -> TransformerMapper:
-    """A transformer mapper saved with `save_mapper` (notebook 04 ships `frozen-prefix-shapes`), fp32."""
+def load_mapper(name: str, root=None) -> ObjectPrefixMapper:
+    """A mapper saved with `save_mapper` (notebook 04 ships `frozen-prefix-shapes`), fp32."""
     state, record = zoo.load_checkpoint(name, root=root)
-    mapper = TransformerMapper(**record["config"])
+    mapper = ObjectPrefixMapper(**record["config"])
     mapper.load_state_dict(state)
     return mapper.float()
 
@@ -125,15 +144,15 @@ def measure(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, scenes: lis
 
 
 def verify(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
-    """Re-measure a saved mapper with notebook 01's frozen ViT and GPT and compare with its record (`zoo verify`)."""
+    """Re-measure a saved mapper with notebook 01's frozen ViT, probe and GPT and compare with its record (`zoo verify`)."""
     from ..tokenizer import load_tokenizer
-    from ..unimodal import build_tiny, vit_features
+    from ..unimodal import build_tiny, object_list, region_encoder, region_features
 
     recorded = zoo.load_checkpoint(name, root=root)[1]["metrics"]
-    model = PrefixCaptioner(build_tiny("tiny-gpt"), load_mapper(name, root), caption_positions=True)
+    model = DeepPrefixCaptioner(build_tiny("tiny-gpt"), load_mapper(name, root))
     scenes = generation_scenes(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000))
-    features = vit_features(build_tiny("tiny-vit"), images_of(scenes))
-    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), features, scenes), tolerance)
+    objects = object_list(region_features(region_encoder(), images_of(scenes)))
+    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), objects, scenes), tolerance)
 
 
 def token_embeddings(lm: nn.Module) -> nn.Embedding:
