@@ -24,6 +24,7 @@ from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, Shape
 from .nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig, mask_tokens
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
+CLASSES = {name: len(values) + 1 for name, values in ATTRIBUTES.items()}  # 8, 9, 3: with "empty"
 N_CELLS = GRID * GRID
 
 
@@ -44,12 +45,11 @@ class CellProbe(nn.Module):
 
     def __init__(self, n_patches: int, dim: int):
         super().__init__()
-        self.sizes = {name: len(values) + 1 for name, values in ATTRIBUTES.items()}
-        self.readout = nn.Linear(n_patches * dim, N_CELLS * sum(self.sizes.values()))
+        self.readout = nn.Linear(n_patches * dim, N_CELLS * sum(CLASSES.values()))
 
     def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.readout(patches.flatten(1)).view(patches.size(0), N_CELLS, -1)  # [B, 9, 8 + 9 + 3]
-        return dict(zip(self.sizes, logits.split(list(self.sizes.values()), dim=-1)))
+        return dict(zip(CLASSES, logits.split(list(CLASSES.values()), dim=-1)))
 
 
 def scene_parsing_loss(vit: nn.Module, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class RegionEncoder(nn.Module):
     def __init__(self, vit: nn.Module, probe: CellProbe):
         super().__init__()
         self.vit, self.probe = vit, probe
-        self.dim = sum(probe.sizes.values())
+        self.dim = sum(CLASSES.values())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.read(self.vit(to_float(images)).patches)
@@ -124,8 +124,8 @@ def object_list(regions: torch.Tensor, max_objects: int = 4) -> torch.Tensor:
     colour and size probabilities and a 1; empty rows after the last object; then the number of objects,
     one-hot. -> [B, max_objects * 18 + max_objects]. Introduced in notebook 04."""
     B = len(regions)
-    sizes = [len(values) + 1 for values in ATTRIBUTES.values()]  # 8, 9, 3: class 0 is "empty"
-    probs = [scores.softmax(dim=-1) for scores in regions[:, CAPTION_ORDER].split(sizes, dim=-1)]  # cells in caption order
+    in_order = regions[:, CAPTION_ORDER]  # [B, 9, 20]: the cells in caption order
+    probs = [scores.softmax(dim=-1) for scores in in_order.split(list(CLASSES.values()), dim=-1)]
     occupied = probs[0].argmax(dim=-1) != 0  # [B, 9]
     per_cell = torch.cat([p[..., 1:] for p in probs] + [regions.new_ones(B, N_CELLS, 1)], dim=-1)  # [B, 9, 7 + 8 + 2 + 1]
     rank = occupied.long().cumsum(dim=1) - 1  # [B, 9]: the how-many-th object each cell holds
