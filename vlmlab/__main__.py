@@ -1,4 +1,4 @@
-"""`python -m vlmlab ...`: see vlmlab/cli.py."""
+"""`python -m vlmlab ...`: see vlmlab/cli/."""
 
 import sys
 

