@@ -1,7 +1,8 @@
-"""Metrics for every task of the workbook: retrieval, zero-shot, VQA, captions, attributes, compositionality.
+"""Metrics for every task of the workbook: retrieval, zero-shot, VQA, captions (and two caption baselines), attributes,
+compositionality, and `suite`, the one harness that measures any model through the interfaces of `vlmlab.protocols`.
 
-Introduced in notebook 00. Everything here works on tensors and strings and knows no model or strategy,
-so every notebook and the showdown score their outputs with the same code.
+Introduced in notebook 00. Everything here works on tensors, strings and those interfaces and knows no strategy,
+so every notebook and the showdown score their models with the same code.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from .data.language import NUMBER_WORDS, captions, plural
+from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, prompt_templates
+from .data.language import NUMBER_WORDS, caption, captions, plural
+from .data.loaders import encode_texts, to_float
 from .data.shapes import COLORS, SHAPES, SIZES, Scene
+from .generation import generate_text
+from .params import require
 
 # ---------------------------------------------------------------- retrieval and zero-shot
 
@@ -240,6 +245,25 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[
     return {"attr_f1": facts["f1"], "attr_precision": facts["precision"], "attr_recall": facts["recall"]} | text
 
 
+# ---------------------------------------------------------------- caption baselines
+
+
+def most_common_caption(train_captions: Sequence[str], n: int) -> list[str]:
+    """The baseline that looks at no image: the most frequent training caption, n times. Introduced in notebook 04."""
+    return [Counter(train_captions).most_common(1)[0][0]] * n
+
+
+def nearest_neighbour_captions(train_features: torch.Tensor, train_captions: Sequence[str],
+                               features: torch.Tensor) -> list[str]:
+    """The retrieval baseline: each image gets the caption of the training image with the most similar feature
+    vector (cosine). train_features [Ntrain, Dv], features [N, Dv]. Introduced in notebook 04."""
+    require(train_features.ndim == 2 and features.ndim == 2 and train_features.shape[1] == features.shape[1]
+            and len(train_features) == len(train_captions), "train_features/features shapes",
+            (tuple(train_features.shape), tuple(features.shape)), f"[Ntrain={len(train_captions)}, Dv] and [N, Dv]")
+    similarity = F.normalize(features, dim=-1) @ F.normalize(train_features, dim=-1).T  # [N, Ntrain]
+    return [train_captions[j] for j in similarity.argmax(dim=1).tolist()]
+
+
 # ---------------------------------------------------------------- compositionality probes
 
 
@@ -265,3 +289,118 @@ def group_scores(s) -> dict[str, float]:
     image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
     mean = lambda hits: hits.float().mean().item()
     return {"text": mean(text), "image": mean(image), "group": mean(text & image)}
+
+
+# ---------------------------------------------------------------- one harness for every strategy
+
+
+@torch.no_grad()
+def embed_images(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """A dual encoder's unit vectors [N, E] for uint8 images [N, 3, H, W], in batches, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """A dual encoder's unit vectors [N, E] for texts (each <bos> text <eos>), in batches, in eval mode."""
+    model.eval()
+    device, out = next(model.parameters()).device, []
+    for start in range(0, len(texts), batch_size):
+        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
+    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
+    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
+    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
+    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
+            "at least one template, each with a '{}' where the class name goes")
+    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
+    emb = embed_texts(model, tokenizer, texts).view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(emb, dim=-1)
+
+
+def zero_shot_attribute(model, tokenizer, image_emb: torch.Tensor, scenes: list[Scene], attribute: str,
+                        templates: Sequence[str] | None = None) -> float:
+    """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
+    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
+    names = ATTRIBUTE_NAMES[attribute]
+    classes = zero_shot_classifier(model, tokenizer, names, templates or prompt_templates(attribute))
+    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
+    return zero_shot_accuracy(image_emb, classes, labels)
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """A pair scorer's score [N] of each uint8 image [N, 3, H, W] with its own text, in batches, in eval mode."""
+    model.eval()
+    device, out = next(model.parameters()).device, []
+    for start in range(0, len(texts), batch_size):
+        text = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        pixels = to_float(images[start : start + batch_size]).to(device)
+        out.append(model.score(pixels, text.input_ids.to(device), text.attention_mask.to(device)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def image_features(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """A captioner's image features for uint8 images [N, 3, H, W], in batches, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.image_features(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+
+
+def _dual_encoder(model, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
+    """Retrieval R@1/5/10 both ways, zero-shot colour and shape, zero-shot colour-shape pairs on the held-out
+    combinations, and the swap probes (the true caption must score higher than its swap for the same image)."""
+    emb = {name: embed_images(model, images) for name, images in bench.images.items()}
+    out = retrieval_metrics(emb["retrieval"], embed_texts(model, tokenizer, [caption(s) for s in bench.retrieval]))
+    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
+    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
+    pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
+    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
+    labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
+    out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
+    for kind, swap in bench.swaps.items():
+        positive, negative = embed_texts(model, tokenizer, swap.positives), embed_texts(model, tokenizer, swap.negatives)
+        out[f"{kind}_acc"] = paired_choice_accuracy((emb[kind] * positive).sum(-1), (emb[kind] * negative).sum(-1))
+    return out
+
+
+def _pair_scorer(model, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
+    """The swap probes scored pair by pair: the true caption must score higher than its swap for the same image."""
+    return {f"{kind}_acc": paired_choice_accuracy(score_pairs(model, tokenizer, bench.images[kind], swap.positives),
+                                                  score_pairs(model, tokenizer, bench.images[kind], swap.negatives))
+            for kind, swap in bench.swaps.items()}
+
+
+def _captioner(model, tokenizer, bench: SceneBench) -> dict[str, float]:
+    """Greedy captions of the scenes: attribute F1 against the scene graph, BLEU-4, ROUGE-L, CIDEr."""
+    said = generate_text(model, tokenizer, image_features(model, bench.images))
+    return {f"caption_{k}": v for k, v in caption_scores(said, bench.scenes).items()}
+
+
+def _vqa(model, tokenizer, bench: SceneBench) -> dict[str, float]:
+    """Greedy answers to the questions (the question is the prompt): accuracy overall and by type."""
+    features = image_features(model, bench.images)[bench.question_scene]
+    answers = generate_text(model, tokenizer, features, [qa.question for qa in bench.questions], max_new_tokens=8)
+    result = vqa_accuracy(answers, [qa.answer for qa in bench.questions], [qa.qtype for qa in bench.questions])
+    return {"vqa_acc": result["overall"]} | {f"vqa_{t}_acc": v for t, v in result["by_type"].items()}
+
+
+SUITES = {"dual_encoder": _dual_encoder, "pair_scorer": _pair_scorer, "captioner": _captioner, "vqa": _vqa}
+
+
+def suite(model, tokenizer, kind: str, bench) -> dict[str, float]:
+    """The fixed metric set of one kind of model on a benchmark (`vlmlab.data.evalsets`): "dual_encoder" and
+    "pair_scorer" on a DualEncoderBench, "captioner" and "vqa" on a SceneBench. The same call measures every
+    strategy, so the showdown compares them with one line each. Introduced in notebook 03."""
+    if kind not in SUITES:
+        raise ValueError(f"kind={kind!r} is not one of {sorted(SUITES)}")
+    return SUITES[kind](model, tokenizer, bench)

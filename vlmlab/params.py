@@ -174,17 +174,22 @@ class Config(Mapping):
 
 def resolve_profile(profile: str) -> str:
     """'auto' -> $VLMLAB_PROFILE if set (the test suite runs cell-level checks on `smoke` this way), else
-    'gpu' when CUDA is available, else 'cpu'. Any other profile is returned as it is."""
-    if profile != "auto":
-        return profile
-    forced = os.environ.get("VLMLAB_PROFILE")
-    if forced:
-        if forced not in PROFILES:
-            raise ParameterError(f"VLMLAB_PROFILE={forced!r} is not allowed: choose one of {', '.join(map(repr, PROFILES))}")
-        return forced
+    'gpu' when CUDA is available, else 'cpu'. 'gpu' on a machine without CUDA is refused at once: its runs are
+    sized for a GPU and would take hours on a CPU. Any other profile is returned as it is."""
+    if profile == "auto":
+        profile = os.environ.get("VLMLAB_PROFILE") or ("gpu" if _cuda() else "cpu")
+        if profile not in PROFILES:
+            raise ParameterError(f"VLMLAB_PROFILE={profile!r} is not allowed: choose one of {', '.join(map(repr, PROFILES))}")
+    if profile == "gpu" and not _cuda():
+        raise ParameterError("PROFILE='gpu' needs a CUDA GPU and torch sees none on this machine: use 'cpu' "
+                             "(a laptop's minutes) or 'auto' (picks gpu where there is one)")
+    return profile
+
+
+def _cuda() -> bool:
     import torch  # imported here so that `python -m vlmlab` can check a PROFILE without loading torch
 
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
 
 
 def seed_everything(seed: int) -> None:

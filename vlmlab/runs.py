@@ -1,6 +1,8 @@
-"""Headline numbers of a notebook run, collected for `python -m vlmlab report`. Introduced in notebook 00.
+"""The numbers of a notebook run: what it records, and whether they meet its strategy's targets. Introduced in
+notebook 00. (Task metrics themselves, R@k, CIDEr, VQA accuracy, are computed in `vlmlab.evaluate`.)
 
-    metrics.record(zero_shot_acc=0.83, recall_at_5=0.97, decode="greedy")
+    runs.record(zero_shot_acc=0.83, recall_at_5=0.97, decode="greedy")
+    runs.check_targets(clip.TARGETS, cfg.profile)
 
 keeps the values in this process and, when the notebook runs headless (`python -m vlmlab run` sets
 `VLMLAB_RUN_DIR`), merges them into `$VLMLAB_RUN_DIR/metrics.json`, written atomically.
@@ -81,20 +83,24 @@ def recorded() -> dict:
     return dict(_recorded)
 
 
-COMPARISONS = {">=": lambda value, bound: value >= bound, "<": lambda value, bound: value < bound}
+COMPARISONS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound,
+               "<": lambda value, bound: value < bound}
 
 
-def check_targets(targets: dict[str, tuple[str, float]]) -> dict[str, bool]:
-    """Compare recorded metrics with a notebook's targets (name -> (">=" or "<", bound)): print one line per
-    target, record `targets_met` (all of them met) and return {name: met}. A missed target is reported, not
-    raised, so a learner's run still finishes; the README and the closing notes carry the same table.
-    Introduced in notebook 03."""
+def check_targets(targets: dict[str, dict[str, tuple[str, float]]], profile: str) -> dict[str, bool]:
+    """Compare the recorded metrics with a strategy's `TARGETS[profile]` ({metric: (">=" | "<=" | "<", bound)}):
+    print one line per target, record `targets_met` (all measured targets met) and return {metric: met}. A target
+    whose metric this run did not measure (a real track that was switched off) is reported and left out. A missed
+    target is reported, not raised, so a learner's run still finishes. Introduced in notebook 03."""
+    if profile not in targets:
+        raise ValueError(f"no targets for profile {profile!r}: the strategy's TARGETS has {sorted(targets)}")
     met = {}
-    for name, (op, bound) in targets.items():
+    for name, (op, bound) in targets[profile].items():
         if op not in COMPARISONS:
             raise ValueError(f"target {name}: comparison {op!r} is not one of {tuple(COMPARISONS)}")
         if name not in _recorded:
-            raise ValueError(f"target {name}: no metric of that name was recorded (recorded: {sorted(_recorded)})")
+            print(f"- not measured {name} (target {op} {bound}): this run did not record it")
+            continue
         met[name] = COMPARISONS[op](_recorded[name], bound)
         print(f"{'✓ met   ' if met[name] else '✗ missed'} {name} = {_recorded[name]:.4f} (target {op} {bound})")
     record(targets_met=all(met.values()))

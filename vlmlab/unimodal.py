@@ -18,10 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import zoo
+from .data.evalsets import SceneBench
 from .data.language import caption, vqa_pairs
-from .data.loaders import IGNORE_INDEX, ShapesDataset, encode_texts, to_float
-from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
-from .nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig, mask_tokens
+from .data.loaders import IGNORE_INDEX, encode_texts, to_float
+from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene
+from .frozen import FrozenParts, freeze
+from .mlm import MLMHead, mask_tokens
+from .nn import CausalLM, TextTransformer, ViT
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
 CLASSES = {name: len(values) + 1 for name, values in ATTRIBUTES.items()}  # 8, 9, 3: with "empty"
@@ -45,6 +49,7 @@ class CellProbe(nn.Module):
 
     def __init__(self, n_patches: int, dim: int):
         super().__init__()
+        self.n_patches, self.dim = n_patches, dim
         self.readout = nn.Linear(n_patches * dim, N_CELLS * sum(CLASSES.values()))
 
     def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -60,7 +65,7 @@ def scene_parsing_loss(vit: nn.Module, probe: CellProbe, images: torch.Tensor, t
 
 
 @torch.no_grad()
-def attribute_accuracy(vit: nn.Module, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor,
+def attribute_accuracy(vit: ViT, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor,
                        batch_size: int = 256) -> dict[str, float]:
     """Accuracy of each attribute over the OCCUPIED cells only (empty cells are easy and would inflate it),
     their mean (`attr_acc`), and how often occupancy itself is right (`occupancy_acc`)."""
@@ -78,7 +83,7 @@ def attribute_accuracy(vit: nn.Module, probe: CellProbe, images: torch.Tensor, t
 
 
 @torch.no_grad()
-def vit_features(vit: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def vit_features(vit: ViT, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """A locked ViT's CLS + patch vectors for uint8 images [N, 3, H, W] -> [N, 1 + patches, D], computed once
     for a whole data set (notebooks 03 and 04)."""
     device = next(vit.parameters()).device
@@ -86,22 +91,33 @@ def vit_features(vit: nn.Module, images: torch.Tensor, batch_size: int = 512) ->
     return torch.cat([vit(to_float(chunk).to(device)).hidden for chunk in images.split(batch_size)])
 
 
-class RegionEncoder(nn.Module):
+class RegionEncoder(FrozenParts):
     """Region tokens: the ViT's patch grid read out by its cell probe, one vector per grid cell holding that
-    cell's shape, colour and size scores. uint8 images [B, 3, H, W] -> [B, 9, 8 + 9 + 3].
-    Introduced in notebook 03.
+    cell's shape, colour and size scores. pixels [B, 3, H, W] -> [B, 9, 8 + 9 + 3]. Introduced in notebook 03.
 
     Early vision-language transformers (VisualBERT, LXMERT, UNITER, OSCAR) read an image this way: as a few
     region vectors from a pre-trained object detector, not as raw patches. Notebook 01's ViT and probe are our
-    detector: 9 tokens instead of 17, each already saying what sits in its cell."""
+    detector: 9 tokens instead of 17, each already saying what sits in its cell. Its checkpoint (`tiny-vit-probe`)
+    holds the probe and pins the ViT (`tiny-vit`) by hash."""
 
-    def __init__(self, vit: nn.Module, probe: CellProbe):
+    FROZEN = ("vit",)
+
+    def __init__(self, vit: nn.Module, probe: CellProbe, vit_ref: dict | None = None):
         super().__init__()
-        self.vit, self.probe = vit, probe
+        self.vit, self.probe, self.vit_ref = vit, probe, vit_ref
         self.dim = sum(CLASSES.values())
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.read(self.vit(to_float(images)).patches)
+    @property
+    def config(self) -> dict:
+        return {"n_patches": self.probe.n_patches, "dim": self.probe.dim, "vit": self.vit_ref}
+
+    @classmethod
+    def from_config(cls, config: dict) -> RegionEncoder:
+        vit, vit_ref = load(config["vit"]["name"], config["vit"]["sha256"])
+        return cls(freeze(vit), CellProbe(config["n_patches"], config["dim"]), vit_ref)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.read(self.vit(pixels).patches)
 
     def read(self, patches: torch.Tensor) -> torch.Tensor:
         """The ViT's patch vectors [B, 16, D] -> region tokens [B, 9, 20]."""
@@ -137,10 +153,52 @@ def object_list(regions: torch.Tensor, max_objects: int = 4) -> torch.Tensor:
     return torch.cat([objects.flatten(1), count], dim=1)
 
 
+class ViTFeatures(nn.Module):
+    """A frozen ViT's CLS + patch vectors as image features: pixels [B, 3, H, W] -> [B, 1 + N, D]. The image tokens
+    of notebook 04's input-prefix mappers."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixels).hidden
+
+
+class ObjectLister(nn.Module):
+    """A detector's object list (`object_list`) of each image: pixels [B, 3, H, W] -> [B, 76]. Notebook 04."""
+
+    def __init__(self, regions: RegionEncoder):
+        super().__init__()
+        self.regions = regions
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return object_list(self.regions(pixels))
+
+
+TOWERS = ("vit", "regions", "objects")
+
+
+def vision_tower(spec: dict) -> nn.Module:
+    """A frozen vision tower of notebook 01's models, from a spec a config keeps: {"tower": "vit" | "regions" |
+    "objects", "name", "sha256"}: the ViT's hidden states (name tiny-vit), region tokens or object lists (name
+    tiny-vit-probe, the detector). The returned module carries `spec`, with the hash of the file it loaded."""
+    if spec.get("tower") not in TOWERS:
+        raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
+    if spec["tower"] == "vit":
+        vit, ref = load(spec["name"], spec.get("sha256"))
+        tower = ViTFeatures(vit)
+    else:
+        regions, record = zoo.load_model(spec["name"], sha256=spec.get("sha256"))
+        ref = zoo.ref_of(record)
+        tower = regions if spec["tower"] == "regions" else ObjectLister(regions)
+    tower.spec = {"tower": spec["tower"]} | ref
+    return freeze(tower)
+
+
 def region_encoder(root=None) -> RegionEncoder:
-    """Notebook 01's tiny ViT and its cell probe as one RegionEncoder."""
-    parts = load_tiny("tiny-vit", root)
-    return RegionEncoder(parts["vit"], parts["probe"])
+    """Notebook 01's detector: the tiny ViT and its cell probe as one RegionEncoder, frozen."""
+    return freeze(zoo.load_model("tiny-vit-probe", root)[0])
 
 
 def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -> float:
@@ -196,97 +254,76 @@ def mlm_texts(scenes: list[Scene]) -> list[str]:
 
 
 @torch.no_grad()
-def mlm_accuracy(encoder: nn.Module, head: nn.Module, tokenizer, texts: list[str], seed: int = 0,
-                 batch_size: int = 256) -> float:
-    """Fraction of masked tokens (BERT's 15% with 80/10/10) predicted exactly, on a fixed masking."""
+def mlm_accuracy(model: nn.Module, tokenizer, texts: list[str], seed: int = 0, batch_size: int = 256) -> float:
+    """Fraction of masked tokens (BERT's 15% with 80/10/10) predicted exactly by a MaskedLM, on a fixed masking."""
     g = torch.Generator().manual_seed(seed)
-    right, total, device = 0, 0, next(encoder.parameters()).device
+    right, total, device = 0, 0, next(model.parameters()).device
     for i in range(0, len(texts), batch_size):
         batch = encode_texts(tokenizer, texts[i : i + batch_size], bos=False, eos=False)
         inputs, labels = mask_tokens(batch.input_ids, tokenizer.mask_token_id, len(tokenizer), tokenizer.all_special_ids,
                                      generator=g)
-        logits = head(encoder(inputs.to(device), attention_mask=batch.attention_mask.to(device)))
+        logits = model(inputs.to(device), attention_mask=batch.attention_mask.to(device))
         chosen = labels != -100
         right += int((logits.argmax(-1).cpu()[chosen] == labels[chosen]).sum())
         total += int(chosen.sum())
     return right / max(1, total)
 
 
-# ---------------------------------------------------------------- fixed evaluation sets, for the notebook and `zoo verify`
+class MaskedLM(FrozenParts):
+    """Notebook 01's tiny BERT with the head it was trained with: input_ids, attention_mask -> logits [B, T, V].
+    Its checkpoint (`tiny-bert-head`) holds the head and pins the encoder (`tiny-bert`) by hash."""
 
+    FROZEN = ("encoder",)
+
+    def __init__(self, encoder: TextTransformer, head: MLMHead, encoder_ref: dict | None = None):
+        super().__init__()
+        self.encoder, self.head, self.encoder_ref = encoder, head, encoder_ref
+
+    @property
+    def config(self) -> dict:
+        return {"dim": self.head.dense.in_features, "vocab_size": self.head.decoder.out_features, "encoder": self.encoder_ref}
+
+    @classmethod
+    def from_config(cls, config: dict) -> MaskedLM:
+        encoder, ref = load(config["encoder"]["name"], config["encoder"]["sha256"])
+        return cls(freeze(encoder), MLMHead(config["dim"], config["vocab_size"]), ref)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask))
+
+
+# ---------------------------------------------------------------- the zoo: what notebook 01 saves, measured again
+
+SAVED = ("tiny-vit", "tiny-vit-probe", "tiny-gpt", "tiny-bert", "tiny-bert-head")  # what notebook 01 saves
 N_EVAL = 1000  # held-out test scenes every tiny-backbone number is measured on
-TINY_BACKBONES = ("tiny-vit", "tiny-gpt", "tiny-bert")
+TARGETS = {  # notebook 01's quality targets, on its held-out scenes
+    "smoke": {"vit_attr_acc": (">=", 0.98), "gpt_ppl_ratio": ("<=", 1.10)},  # the shipped backbones, TRAIN=False
+    "cpu": {"vit_attr_acc": (">=", 0.98), "gpt_ppl_ratio": ("<=", 1.10)},
+    "gpu": {"vit_attr_acc": (">=", 0.98), "gpt_ppl_ratio": ("<=", 1.10)},
+}
 
 
-def vit_eval_set(seed: int = 0, image_size: int = 64, n: int = N_EVAL) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 [n, 3, H, W] and cell targets [n, 9, 3] of the first n test scenes of world `seed`."""
-    data = ShapesDataset(ShapesWorld(seed=seed, image_size=image_size), "test", n)
-    return data.images, torch.stack([cell_targets(s) for s in data.scenes])
-
-
-def measure_vit(vit: nn.Module, probe: CellProbe, seed: int = 0) -> dict[str, float]:
-    images, targets = vit_eval_set(seed, vit.config.image_size)
-    return attribute_accuracy(vit.eval(), probe.eval(), images, targets)
-
-
-def measure_gpt(lm: nn.Module, tokenizer, seed: int = 0) -> dict[str, float]:
-    scenes = ShapesWorld(seed=seed).scenes(N_EVAL, "test")
-    ppl, _ = perplexity(lm.eval(), tokenizer, caption_texts(scenes))
-    return {"val_ppl": ppl, "ppl_bound": grammar_perplexity(tokenizer, scenes)}
-
-
-def measure_bert(encoder: nn.Module, head: nn.Module, tokenizer, seed: int = 0) -> dict[str, float]:
-    texts = mlm_texts(ShapesWorld(seed=seed).scenes(N_EVAL, "test"))
-    return {"mlm_acc": mlm_accuracy(encoder.eval(), head.eval(), tokenizer, texts, seed=seed)}
-
-
-TINY_CLASSES = {"tiny-vit": (ViT, ViTConfig), "tiny-gpt": (CausalLM, TextConfig), "tiny-bert": (TextTransformer, TextConfig)}
+def load(name: str, sha256: str | None = None) -> tuple[nn.Module, dict]:
+    """A tiny backbone from the zoo (any file of that name, or exactly the one with `sha256`) and its ref
+    {"name", "sha256"}, the form a config pins it in."""
+    model, record = zoo.load_model(name, sha256=sha256)
+    return model, zoo.ref_of(record)
 
 
 def build_tiny(name: str, root=None) -> nn.Module:
-    """A tiny backbone rebuilt from its zoo record (config) and weights: ViT, CausalLM or TextTransformer, fp32."""
-    from . import zoo
-
-    if name not in TINY_CLASSES:
-        raise ValueError(f"{name!r} is not a tiny backbone; known: {', '.join(TINY_CLASSES)}")
-    state, record = zoo.load_checkpoint(name, root=root)
-    model_class, config_class = TINY_CLASSES[name]
-    model = model_class(config_class(**record["config"]))
-    model.load_state_dict(state)
-    return model.float()
+    """A tiny backbone rebuilt from its zoo record and weights (ViT, CausalLM or TextTransformer), fp32."""
+    return zoo.load_model(name, root)[0]
 
 
-def load_tiny(name: str, root=None) -> dict[str, nn.Module]:
-    """A tiny backbone with the head it was trained with (`tiny-vit` + probe, `tiny-bert` + MLM head)."""
-    from . import zoo
-
-    model = build_tiny(name, root)
-    if name == "tiny-gpt":
-        return {"lm": model}
-    head_name, head = (("tiny-vit-probe", CellProbe(model.patch_embed.n_patches, model.config.dim)) if name == "tiny-vit"
-                       else ("tiny-bert-head", MLMHead(model.config.dim, model.config.vocab_size)))
-    head.load_state_dict(zoo.load_checkpoint(head_name, root=root)[0])
-    return {"vit": model, "probe": head.float()} if name == "tiny-vit" else {"encoder": model, "head": head.float()}
-
-
-def remeasure(name: str, root=None) -> dict[str, float]:
-    """Load a tiny backbone from the zoo and measure it again on its fixed evaluation set."""
-    from . import zoo
-    from .tokenizer import load_tokenizer
-
-    _, record = zoo.load_checkpoint(name, root=root)
-    seed = record["metrics"].get("eval_seed", 0)
-    parts = load_tiny(name, root)
-    if name == "tiny-vit":
-        return measure_vit(parts["vit"], parts["probe"], seed)
-    if name == "tiny-gpt":
-        return measure_gpt(parts["lm"], load_tokenizer(), seed)
-    return measure_bert(parts["encoder"], parts["head"], load_tokenizer(), seed)
-
-
-def verify_tiny(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
-    """Re-measure `name` and compare with the metrics recorded when it was saved (`zoo verify`)."""
-    from . import zoo
-
-    _, record = zoo.load_checkpoint(name, root=root)
-    return zoo.compare_metrics(record["metrics"], remeasure(name, root), tolerance)
+def measure(model: nn.Module, tokenizer, bench: SceneBench) -> dict[str, float]:
+    """Notebook 01's numbers for one of its models on held-out test scenes: the detector (ViT + probe) by
+    attribute accuracy, the GPT by perplexity against the entropy bound, the BERT by masked-token accuracy."""
+    if isinstance(model, RegionEncoder):
+        targets = torch.stack([cell_targets(s) for s in bench.scenes])
+        return attribute_accuracy(model.vit.eval(), model.probe.eval(), bench.images, targets)
+    if isinstance(model, CausalLM):
+        ppl, _ = perplexity(model.eval(), tokenizer, caption_texts(bench.scenes))
+        return {"val_ppl": ppl, "ppl_bound": grammar_perplexity(tokenizer, bench.scenes)}
+    if isinstance(model, MaskedLM):
+        return {"mlm_acc": mlm_accuracy(model.eval(), tokenizer, mlm_texts(bench.scenes))}
+    raise TypeError(f"{type(model).__name__} is not one of notebook 01's measured models (RegionEncoder, CausalLM, MaskedLM)")

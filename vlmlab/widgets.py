@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data.language import captions, hard_negatives, instructions, sample_vqa, vqa_pairs
 from .data.shapes import SPLITS, Scene, ShapesWorld, render_array
-from .strategies import clip
+from .evaluate import attribute_f1, embed_images, embed_texts, zero_shot_classifier
 
 
 def describe_scene(scene: Scene) -> str:
@@ -83,11 +83,11 @@ def split_list(text: str, sep: str) -> list[str]:
 def zero_shot_probabilities(model, tokenizer, image: torch.Tensor, labels: list[str], templates: list[str],
                             temperature: float) -> dict[str, float]:
     """CLIP zero-shot on one uint8 image [3, H, W]: each label's prompt-ensembled text vector (see
-    `strategies.clip.zero_shot_classifier`), cosine similarities divided by `temperature`, softmax."""
+    `evaluate.zero_shot_classifier`), cosine similarities divided by `temperature`, softmax."""
     if not labels:
         return {}
-    classes = clip.zero_shot_classifier(model, tokenizer, labels, templates)  # [C, E]
-    image_emb = clip.embed_images(model, image[None])  # [1, E]
+    classes = zero_shot_classifier(model, tokenizer, labels, templates)  # [C, E]
+    image_emb = embed_images(model, image[None])  # [1, E]
     probs = (image_emb @ classes.T / temperature).softmax(dim=-1)[0]
     return dict(zip(labels, probs.tolist()))
 
@@ -136,14 +136,14 @@ def zero_shot_playground(model, tokenizer, seed: int = 0) -> W.Widget:
 def retrieve(model, tokenizer, query: str, image_emb: torch.Tensor, k: int = 8) -> tuple[list[int], list[float]]:
     """Text -> image retrieval: the indices and cosine similarities of the `k` images (rows of the unit
     vectors `image_emb` [N, E]) closest to `query`."""
-    text_emb = clip.embed_texts(model, tokenizer, [query])  # [1, E]
+    text_emb = embed_texts(model, tokenizer, [query])  # [1, E]
     top = (image_emb.to(text_emb.device) @ text_emb[0]).topk(min(k, len(image_emb)))
     return top.indices.tolist(), top.values.tolist()
 
 
 def retrieval_gallery(model, tokenizer, images: torch.Tensor, k: int = 8) -> W.Widget:
     """Notebook 02. Type a caption, see the `k` closest of `images` (uint8 [N, 3, H, W]) with their cosine."""
-    image_emb = clip.embed_images(model, images)  # [N, E]
+    image_emb = embed_images(model, images)  # [N, E]
     query = W.Text(value="a large red star left of a small blue circle", description="caption",
                    layout=W.Layout(width="500px"))
     shown = W.HBox()
@@ -174,8 +174,6 @@ def _picked_scene(controls: dict[str, W.Widget], seed: int) -> Scene:
 def caption_table(scene: Scene, captioned: list[tuple[str, float]]) -> str:
     """HTML: the scene's true objects, then each (caption, log-probability) with the attribute F1 of that
     caption against the scene graph."""
-    from .evaluate import attribute_f1
-
     rows = "".join(f"<tr><td>{html.escape(text)}</td><td>{logp:.2f}</td><td>{attribute_f1([text], [scene])['f1']:.2f}</td></tr>"
                    for text, logp in captioned)
     return (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}"

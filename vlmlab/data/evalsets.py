@@ -4,6 +4,12 @@ Every set is a pure function of (seed, n): the same scenes, texts and images on 
 every notebook, so numbers measured in different notebooks are comparable. All are drawn from the
 `test` split (never trained on) except `heldout_objects`, which uses the colour-shape pairs that no
 training scene contains.
+
+The benchmarks a strategy is measured on (`vlmlab.evaluate.suite`) are built from a small spec, the form a
+checkpoint's record keeps so that `zoo verify` can build the same set again:
+
+    build({"kind": "dual_encoder", "seed": 0, "n": 1000})    # notebook 02: retrieval, zero-shot, swaps
+    build({"kind": "scenes", "seed": 0, "n": 1000})          # notebook 01's backbones, notebooks 03-04: captions, VQA
 """
 
 from __future__ import annotations
@@ -98,3 +104,55 @@ def prompt_templates(attribute: str) -> list[str]:
     if attribute == "shape":
         return [f"a {size} {color} {{}}" for size in SIZES for color in COLORS]
     raise ValueError(f"attribute={attribute!r} is not one of {tuple(ATTRIBUTE_NAMES)}")
+
+
+# ---------------------------------------------------------------- benchmarks, built from a spec
+
+
+@dataclass
+class DualEncoderBench:
+    """The held-out sets notebook 02 measures every dual encoder and pair scorer on, rendered once."""
+
+    retrieval: list[Scene]  # scenes with distinct captions
+    single: list[Scene]  # one-object test scenes (zero-shot colour and shape)
+    heldout: list[Scene]  # one-object scenes of never-trained colour-shape pairs
+    swaps: dict[str, SwapPairs]  # kind -> true caption and its hard negative, per scene
+    images: dict[str, torch.Tensor]  # the same names -> uint8 [N, 3, H, W]
+
+    @classmethod
+    def build(cls, seed: int = 0, n: int = 1000, image_size: int = 64) -> DualEncoderBench:
+        retrieval, single = distinct_caption_scenes(seed, n), single_objects(seed, n)
+        heldout = heldout_objects(seed, n // 2)
+        swaps = {kind: swap_pairs(kind, seed, n) for kind in ("relation_swap", "attribute_swap")}
+        images = {"retrieval": retrieval, "single": single, "heldout": heldout} | {k: v.scenes for k, v in swaps.items()}
+        return cls(retrieval, single, heldout, swaps, {k: images_of(v, image_size) for k, v in images.items()})
+
+
+@dataclass
+class SceneBench:
+    """`n` test scenes of 1-4 objects (`generation_scenes`), their images, and `questions_per_scene` questions of
+    distinct types about each (`vqa_questions`): what notebook 01's backbones, the captioners and the VQA models
+    are measured on."""
+
+    scenes: list[Scene]
+    images: torch.Tensor  # uint8 [n, 3, H, W]
+    question_scene: list[int]  # the scene each question asks about
+    questions: list[QA]
+
+    @classmethod
+    def build(cls, seed: int = 0, n: int = 1000, image_size: int = 64, questions_per_scene: int = 3) -> SceneBench:
+        scenes = generation_scenes(seed, n)
+        index, qas = vqa_questions(scenes, k=questions_per_scene)
+        return cls(scenes, images_of(scenes, image_size), index, qas)
+
+
+BENCHES = {"dual_encoder": DualEncoderBench, "scenes": SceneBench}
+
+
+def build(spec: dict) -> DualEncoderBench | SceneBench:
+    """The benchmark a spec names: {"kind": "dual_encoder" | "scenes", "seed", "n", ...}; the other keys go to its
+    `build`."""
+    kind = spec.get("kind")
+    if kind not in BENCHES:
+        raise ValueError(f"evaluation set kind={kind!r} is not one of {sorted(BENCHES)}")
+    return BENCHES[kind].build(**{k: v for k, v in spec.items() if k != "kind"})

@@ -135,27 +135,32 @@ def negatives_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]],
 
 
 def vqa_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]:
-    """Collate ShapesDataset(task='vqa') items: the question is the prompt, the answer the target."""
+    """Collate ShapesDataset(task='vqa') items: the question is the prompt (it ends in "?"), " " + the answer the
+    target, as the VQA models of notebooks 03 on are trained."""
 
     def collate(items: list[dict]) -> dict:
-        prompts = [f"question: {it['question']} answer:" for it in items]
-        return _with_images(items, encode_texts(tokenizer, prompts, [" " + it["answer"] for it in items], max_length=max_length))
+        prompts, answers = [it["question"] for it in items], [" " + it["answer"] for it in items]
+        return _with_images(items, encode_texts(tokenizer, prompts, answers, max_length=max_length))
 
     return collate
 
 
-def indexed_collate(images: torch.Tensor, text: TextBatch) -> Callable[[list[int]], dict]:
-    """Collate item indices into pre-rendered images [N, 3, H, W] and pre-tokenised texts (one per image),
-    trimming the padding to the longest text of the batch. With `StepBatches(range(N), ...)` this skips
-    per-batch tokenisation, which matters when a training step takes milliseconds. Introduced in notebook 02."""
-    if len(images) != len(text.input_ids):
-        raise ValueError(f"{len(images)} images but {len(text.input_ids)} texts")
+def indexed_collate(inputs: torch.Tensor, text: TextBatch, key: str = "images",
+                    rows: torch.Tensor | None = None) -> Callable[[list[int]], dict]:
+    """Collate item indices into pre-computed inputs (rendered images [N, 3, H, W] under "images", or what a frozen
+    tower made of them under "image_features") and pre-tokenised texts, trimming the padding to the longest text of
+    the batch. `rows` [M] (optional) says which input row each of M texts belongs to (several texts per image);
+    by default text i goes with input i. With `StepBatches(range(M), ...)` this skips per-batch tokenisation, which
+    matters when a training step takes milliseconds. Introduced in notebook 02."""
+    rows = torch.arange(len(inputs)) if rows is None else rows
+    if len(rows) != len(text.input_ids):
+        raise ValueError(f"{len(rows)} inputs but {len(text.input_ids)} texts")
 
     def collate(indices: list[int]) -> dict:
         idx = torch.tensor(indices)
         mask = text.attention_mask[idx]
         width = int(mask.sum(dim=1).max())
-        return {"images": images[idx], "index": idx, "input_ids": text.input_ids[idx, :width],
+        return {key: inputs[rows[idx]], "index": idx, "input_ids": text.input_ids[idx, :width],
                 "attention_mask": mask[:, :width], "labels": text.labels[idx, :width]}
 
     return collate

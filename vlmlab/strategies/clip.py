@@ -6,9 +6,10 @@ B matching pairs the B x B matrix of cosine similarities, times a learned scale 
 is read as B classification problems per direction: image i must pick caption i among the B captions,
 and caption i must pick image i. The scale is stored as log(1 / T) and clamped at 100, as CLIP does.
 
-Also here: NegCLIP's hard negatives (Yuksekgonul et al. 2023), prompt-ensembled zero-shot classifiers,
-and `from_hf_clip`, which copies a Hugging Face `CLIPModel` into `CLIP` so the parity tests can show
-that the same weights give the same numbers.
+Also here: NegCLIP's hard negatives (Yuksekgonul et al. 2023) and `from_hf_clip`, which copies a Hugging Face
+`CLIPModel` into `CLIP` so the parity tests can show that the same weights give the same numbers. Zero-shot
+classifiers, retrieval and the swap probes are measured by `vlmlab.evaluate.suite(model, tok, "dual_encoder", ...)`,
+which works on any dual encoder.
 
 Letters in the shape comments: B batch, T text length, D tower width, E shared embedding width, C classes.
 """
@@ -16,26 +17,25 @@ Letters in the shape comments: B batch, T text length, D tower width, E shared e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import evalsets
-from ..data.language import caption as caption_of
-from ..data.loaders import encode_texts, to_float
-from ..data.shapes import COLORS, SHAPES, SIZES
-from ..evaluate import paired_choice_accuracy, retrieval_metrics, zero_shot_accuracy
-from ..nn import TextConfig, TextTransformer, ViT, ViTConfig, hf_block_state
+from ..data.evalsets import DualEncoderBench
+from ..data.loaders import to_float
+from ..evaluate import suite
+from ..hf_convert import hf_block_state, load_exactly
+from ..nn import TextConfig, TextTransformer, ViT, ViTConfig
 from ..params import require
+from ..protocols import cosine_score
 
 IMAGE_POOLS = ("cls", "grid")
 
 
 @dataclass
-class CLIPConfig:
+class Config:
     vision: ViTConfig
     text: TextConfig
     embed_dim: int = 64  # E, the shared space both towers project into
@@ -60,7 +60,7 @@ class CLIPConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> CLIPConfig:
+    def from_dict(cls, d: dict) -> Config:
         return cls(**(d | {"vision": ViTConfig(**d["vision"]), "text": TextConfig(**d["text"])}))
 
 
@@ -96,7 +96,7 @@ class CLIP(nn.Module):
     image_pool='grid' projects the whole patch grid instead of the CLS vector: a linear read-out of what is
     where, the representation notebook 01's ViT was pre-trained to produce (its CLS was never trained)."""
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: Config):
         super().__init__()
         c = self.config = config
         self.image_tower = ImageTower(c.vision, pre_norm=c.vision_pre_norm)
@@ -114,6 +114,15 @@ class CLIP(nn.Module):
             self.logit_scale = nn.Parameter(logit_scale)
         else:
             self.register_buffer("logit_scale", logit_scale)
+
+    @classmethod
+    def from_config(cls, config: dict) -> CLIP:
+        """Rebuilt from the config a checkpoint keeps (`vlmlab.zoo.load_model`)."""
+        return cls(Config.from_dict(config))
+
+    @property
+    def max_text_len(self) -> int:
+        return self.config.text.max_len
 
     @property
     def scale(self) -> torch.Tensor:
@@ -142,12 +151,16 @@ class CLIP(nn.Module):
         The text is summarised by the hidden state of its last real token, the <eos> that ends every caption
         (CLIP pools at its end-of-text token). In a causal tower that is the one position that has seen the
         whole text. Without a mask the last position is used."""
-        hidden = self.text_tower(input_ids, attention_mask)  # [B, T, D]
+        hidden = self.text_tower(input_ids=input_ids, attention_mask=attention_mask)  # [B, T, D]
         if attention_mask is None:
             pooled = hidden[:, -1]  # [B, D]
         else:
             pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last_token_positions(attention_mask)]
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def score(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The cosine of each image with its own text [B]: CLIP as a pair scorer."""
+        return cosine_score(self, images, input_ids, attention_mask)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,120 +223,24 @@ def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str
 
 
 # ----------------------------------------------------------------------------------------------
-# Zero-shot classification
+# Measured, saved, targets
 
 
-@torch.no_grad()
-def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """uint8 images [N, 3, H, W] -> unit vectors [N, E], in batches, in eval mode."""
-    model.eval()
-    device = model.logit_scale.device
-    return torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+def measure(model: CLIP, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
+    """Every notebook-02 number of a dual encoder (`evaluate.suite`, "dual_encoder"): retrieval R@1/5/10 both ways,
+    zero-shot colour and shape, zero-shot colour-shape pairs on the held-out combinations, and paired choice
+    against relation and attribute swaps."""
+    return suite(model, tokenizer, "dual_encoder", bench)
 
 
-@torch.no_grad()
-def embed_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Texts -> unit vectors [N, E], in batches, in eval mode."""
-    model.eval()
-    device, out = model.logit_scale.device, []
-    for start in range(0, len(texts), batch_size):
-        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.config.text.max_len)
-        out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def zero_shot_classifier(model: CLIP, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
-    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
-    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
-    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
-    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
-           "at least one template, each with a '{}' where the class name goes")
-    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
-    emb = embed_texts(model, tokenizer, texts)  # [C * K, E]
-    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
-    return F.normalize(emb, dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Measuring a dual encoder on the Shapes World
-
-
-@dataclass
-class ShapesBenchmarks:
-    """The held-out sets notebook 02 measures every dual encoder on (see `vlmlab.data.evalsets`), rendered once."""
-
-    retrieval: list  # scenes with distinct captions
-    single: list  # one-object test scenes (zero-shot colour and shape)
-    heldout: list  # one-object scenes of never-trained colour-shape pairs
-    swaps: dict  # kind -> evalsets.SwapPairs
-    images: dict  # the same names -> uint8 [N, 3, H, W]
-
-    @classmethod
-    def build(cls, seed: int = 0, n: int = 1000, image_size: int = 64) -> ShapesBenchmarks:
-        retrieval, single = evalsets.distinct_caption_scenes(seed, n), evalsets.single_objects(seed, n)
-        heldout = evalsets.heldout_objects(seed, n // 2)
-        swaps = {kind: evalsets.swap_pairs(kind, seed, n) for kind in ("relation_swap", "attribute_swap")}
-        images = {"retrieval": retrieval, "single": single, "heldout": heldout} | {k: v.scenes for k, v in swaps.items()}
-        return cls(retrieval, single, heldout, swaps, {k: evalsets.images_of(v, image_size) for k, v in images.items()})
-
-
-def zero_shot_attribute(model: CLIP, tokenizer, image_emb: torch.Tensor, scenes: list, attribute: str,
-                        templates: Sequence[str] | None = None) -> float:
-    """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
-    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
-    names = evalsets.ATTRIBUTE_NAMES[attribute]
-    classes = zero_shot_classifier(model, tokenizer, names, templates or evalsets.prompt_templates(attribute))
-    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
-    return zero_shot_accuracy(image_emb, classes, labels)
-
-
-def measure(model: CLIP, tokenizer, bench: ShapesBenchmarks) -> dict[str, float]:
-    """Every notebook-02 number of a dual encoder: retrieval R@1/5/10 both ways, zero-shot colour and shape,
-    zero-shot colour-shape pairs on the held-out combinations, and paired choice against relation and
-    attribute swaps (the true caption must score higher than its swap, for the same image)."""
-    emb = {name: embed_images(model, images) for name, images in bench.images.items()}
-    out = retrieval_metrics(emb["retrieval"], embed_texts(model, tokenizer, [caption_of(s) for s in bench.retrieval]))
-    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
-    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
-    pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
-    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
-    labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
-    out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
-    for kind, swap in bench.swaps.items():
-        positive, negative = embed_texts(model, tokenizer, swap.positives), embed_texts(model, tokenizer, swap.negatives)
-        out[f"{kind}_acc"] = paired_choice_accuracy((emb[kind] * positive).sum(-1), (emb[kind] * negative).sum(-1))
-    return out
-
-
-SAVED_CLIPS = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP
-
-
-def _load_saved(name: str, root=None) -> tuple[CLIP, dict]:
-    from .. import zoo
-
-    state, record = zoo.load_checkpoint(name, root=root)
-    model = CLIP(CLIPConfig.from_dict(record["config"]))
-    model.load_state_dict(state)
-    return model.float(), record
-
-
-def load_clip(name: str, root=None) -> CLIP:
-    """A CLIP saved to the zoo by notebook 02 (`clip-shapes`, `negclip-shapes`), rebuilt from its record, fp32."""
-    return _load_saved(name, root)[0]
-
-
-def verify_clip(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
-    """Re-measure a saved CLIP on its benchmarks and compare with its record (`python -m vlmlab zoo verify`)."""
-    from .. import zoo
-    from ..tokenizer import load_tokenizer
-
-    model, record = _load_saved(name, root)
-    recorded = record["metrics"]
-    bench = ShapesBenchmarks.build(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000),
-                                   model.config.vision.image_size)
-    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), bench), tolerance)
+SAVED = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP
+TARGETS = {  # notebook 02's quality targets, on its held-out sets (the final model: CLIP + NegCLIP)
+    "smoke": {"zs_color_acc": (">=", 0.95), "t2i_r1": (">=", 0.70), "relation_swap_acc_negclip": (">=", 0.85)},
+    "cpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.95), "t2i_r1": (">=", 0.70),
+            "relation_swap_acc_negclip": (">=", 0.90)},
+    "gpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.95), "t2i_r1": (">=", 0.70),
+            "relation_swap_acc_negclip": (">=", 0.90)},
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,7 +284,7 @@ def from_hf_clip(hf_model) -> CLIP:
                       dropout=ct.attention_dropout, causal=True, norm_eps=ct.layer_norm_eps,
                       pad_token_id=ct.pad_token_id if ct.pad_token_id is not None else 0)
     logit_scale = hf_model.logit_scale.item()
-    config = CLIPConfig(vision=vision, text=text, embed_dim=hf_model.config.projection_dim,
+    config = Config(vision=vision, text=text, embed_dim=hf_model.config.projection_dim,
                         init_temperature=math.exp(-logit_scale), max_logit_scale=max(100.0, math.exp(logit_scale)),
                         vision_pre_norm=True, quick_gelu=activations == {"quick_gelu"})
     hf = hf_model.state_dict()
@@ -387,8 +304,4 @@ def from_hf_clip(hf_model) -> CLIP:
     }
     state |= _hf_blocks(hf, "vision_model", "image_tower", cv.num_hidden_layers)
     state |= _hf_blocks(hf, "text_model", "text_tower", ct.num_hidden_layers)
-    model = CLIP(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"from_hf_clip: conversion is incomplete: missing {missing}, unexpected {unexpected}")
-    return model
+    return load_exactly(CLIP(config), state, "from_hf_clip")

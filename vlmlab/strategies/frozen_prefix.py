@@ -1,46 +1,50 @@
 """A frozen language model steered by a trained visual prefix (Frozen, ClipCap, MAPL). Introduced in notebook 04.
 
-    image features --mapper--> k prefix vectors [B, k, D_lm] --+
-                                                               +--> frozen LM --> caption
-    caption tokens --frozen embedding---------> [B, T, D_lm] --+
+    image --vision (frozen)--> features --mapper (trained)--> prefix --+
+                                                                      +--> frozen LM --> caption
+    caption tokens --------------------frozen embedding-------------> +
 
-Only the mapper learns (ClipCap, MAPL), or the mapper and the vision encoder (Frozen). The gradient still
-flows back THROUGH the frozen LM to reach the prefix; the LM's weights just never change. Two mappers:
+Only the mapper learns (ClipCap, MAPL), or the mapper and the vision tower (Frozen). The gradient still flows back
+THROUGH the frozen LM to reach the prefix; the LM's weights just never change. The LM is any
+`vlmlab.lm.LanguageModel`: notebook 01's tiny GPT, or SmolLM2 on the real track. The mappers (`Config.mapper`):
 
-- `MLPMapper` (ClipCap's MLP): one global image vector -> k prefix vectors through one hidden layer.
-- `TransformerMapper` (ClipCap's transformer mapper, MAPL's design): k learned query vectors read the
-  image tokens through a small bidirectional transformer; the outputs at the queries are the prefix.
+- "mlp" (ClipCap's MLP): one global image vector -> k prefix vectors through one hidden layer;
+- "transformer" (ClipCap's transformer mapper, MAPL's design): k learned queries read the image tokens through a
+  small bidirectional transformer; the outputs at the queries are the prefix;
+- "deep": prefix-tuning (Li & Liang 2021) written by the image: k keys and values for EVERY layer's attention,
+  which the frozen LM reads as if they were cached past tokens;
+- "object": the deep prefix notebook 04 ends with: constant keys, values a linear map of a detector's object list.
 
-`DeepPrefixMapper` puts the prefix elsewhere: prefix-tuning (Li & Liang 2021) written by the image. Instead of
-k input vectors it writes k keys and values for EVERY layer's attention, which the frozen LM reads as if they
-were cached past tokens (`DeepPrefixCaptioner`). `FreePrefix` learns one prefix per caption with no image at
-all: the ceiling of what a prefix of either kind can make the LM say. `ObjectPrefixMapper` is the deep prefix
-notebook 04 ends with: constant keys, values a linear map of a detector's object list.
-
-The LM may be `vlmlab.nn.CausalLM` (tiny-gpt) or a Hugging Face causal LM (SmolLM2 on the real track):
-both take `inputs_embeds`, `attention_mask` and `labels` and shift the labels the same way.
+An input prefix ([B, k, D]) goes in front of the text; a deep prefix ([B, L, 2, k, D]) goes into every layer's
+cache; a mapper says which it writes with its `deep` attribute. `PrefixCaptioner` takes either, so one class is
+every variant; `FreePrefix` (one prefix per caption, no image) measures the ceiling of what a prefix of either kind
+can make the LM say.
 """
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .. import zoo
-from ..data.evalsets import generation_scenes, images_of
-from ..data.loaders import IGNORE_INDEX, TextBatch, to_float
-from ..data.shapes import Scene
-from ..evaluate import caption_scores
-from ..generation import generate
-from ..nn import Block, KVCache, split_heads
+from ..data.evalsets import SceneBench
+from ..data.loaders import TextBatch, encode_texts
+from ..evaluate import suite
+from ..frozen import FrozenParts
+from ..lm import LanguageModel, default_positions, load_language_model, splice_visual
+from ..nn import Block, LMOutput
 from ..params import require
-from .prefix_lm import prompt_ids
+from ..protocols import caption_loss
+from ..unimodal import vision_tower
+
+MAPPERS = ("mlp", "transformer", "deep", "object")
 
 
 class MLPMapper(nn.Module):
     """ClipCap's MLP mapper: [B, in_dim] -> [B, k, lm_dim]. Introduced in notebook 04."""
+
+    deep = False
 
     def __init__(self, in_dim: int, lm_dim: int, k: int, hidden: int = 256):
         super().__init__()
@@ -49,6 +53,7 @@ class MLPMapper(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, N, in_dim] (the first token, CLS, is read) or [B, in_dim] -> [B, k, lm_dim]."""
+        require(features.ndim in (2, 3), "features.shape", tuple(features.shape), "[B, in_dim] or [B, N, in_dim]")
         vector = features[:, 0] if features.ndim == 3 else features  # [B, in_dim]
         return self.net(vector).view(len(vector), self.k, self.lm_dim)
 
@@ -58,10 +63,11 @@ class TransformerMapper(nn.Module):
     `depth` bidirectional blocks; the outputs at the queries, projected to lm_dim, are the prefix.
     [B, N, in_dim] -> [B, k, lm_dim]. Introduced in notebook 04."""
 
+    deep = False
+
     def __init__(self, in_dim: int, lm_dim: int, k: int, dim: int = 64, depth: int = 1, n_heads: int = 4):
         super().__init__()
         self.k = k
-        self.config = {"in_dim": in_dim, "lm_dim": lm_dim, "k": k, "dim": dim, "depth": depth, "n_heads": n_heads}
         self.inp = nn.Linear(in_dim, dim)
         self.queries = nn.Parameter(torch.randn(1, k, dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, n_heads) for _ in range(depth))
@@ -80,6 +86,8 @@ class DeepPrefixMapper(nn.Module):
     k keys and k values for each of the LM's n_layers attention layers. [B, N, in_dim] -> [B, n_layers, 2, k,
     lm_dim]. Introduced in notebook 04."""
 
+    deep = True
+
     def __init__(self, in_dim: int, lm_dim: int, k: int, n_layers: int, dim: int = 64, depth: int = 1, n_heads: int = 4):
         super().__init__()
         self.k, self.n_layers = k, n_layers
@@ -95,9 +103,10 @@ class ObjectPrefixMapper(nn.Module):
     values are a linear map of the image's object list (`unimodal.object_list`).
     [B, in_dim] -> [B, n_layers, 2, k, lm_dim]. Introduced in notebook 04."""
 
+    deep = True
+
     def __init__(self, in_dim: int, lm_dim: int, k: int, n_layers: int):
         super().__init__()
-        self.config = {"in_dim": in_dim, "lm_dim": lm_dim, "k": k, "n_layers": n_layers}
         self.keys = nn.Parameter(torch.randn(n_layers, k, lm_dim) * 0.02)
         self.values = nn.Linear(in_dim, n_layers * k * lm_dim)
 
@@ -115,49 +124,55 @@ class FreePrefix(nn.Module):
 
     def __init__(self, n: int, shape: tuple[int, ...], std: float = 0.02):
         super().__init__()
+        self.deep = len(shape) == 4
         self.prefixes = nn.Parameter(torch.randn(n, *shape) * std)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.prefixes[rows]
 
 
-def save_mapper(name: str, mapper: ObjectPrefixMapper, metrics: dict, root=None):
-    """Save notebook 04's object-list mapper to the zoo (fp16 safetensors, its config and metrics); returns the
-    path. The frozen LM and vision encoder are not saved: they are notebook 01's, unchanged."""
-    return zoo.save_checkpoint(name, mapper.state_dict(), mapper.config, metrics, root=root, dtype="fp16")
+@dataclass
+class Config:
+    """How a frozen-LM captioner is built. The LM and the vision tower are pinned by name and sha256."""
+
+    mapper: str | None = "object"  # one of MAPPERS; None: a mapper of your own, given to the constructor
+    in_dim: int = 76  # width of the image features the mapper reads (the object list: 4 x 18 + 4)
+    k: int = 3  # prefix vectors (input prefix), or past positions per layer (deep prefix)
+    hidden: int = 256  # the MLP mapper's hidden width
+    dim: int = 64  # the transformer mappers' width, depth and heads
+    depth: int = 1
+    n_heads: int = 4
+    restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (the tiny GPT)
+    freeze_lm: bool = True  # False: the LM trains too (LLaVA's second stage)
+    train_vision: bool = False  # True: the vision tower trains too (Frozen)
+    lm: dict = field(default_factory=lambda: {"name": "tiny-gpt", "sha256": None})
+    vision: dict | None = None  # a `unimodal.vision_tower` spec; None: the features are given
+
+    def __post_init__(self):
+        require(self.mapper in (*MAPPERS, None), "mapper", self.mapper, f"one of {MAPPERS}, or None for a mapper of your own")
+        for name in ("in_dim", "k", "hidden", "dim", "depth", "n_heads"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        return cls(**d)
 
 
-def load_mapper(name: str, root=None) -> ObjectPrefixMapper:
-    """A mapper saved with `save_mapper` (notebook 04 ships `frozen-prefix-shapes`), fp32."""
-    state, record = zoo.load_checkpoint(name, root=root)
-    mapper = ObjectPrefixMapper(**record["config"])
-    mapper.load_state_dict(state)
-    return mapper.float()
-
-
-SAVED = ("frozen-prefix-shapes",)  # what notebook 04 saves
-
-
-def measure(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
-    """Notebook 04's held-out caption numbers: greedy captions of `inputs` (features or images) against `scenes`."""
-    return {f"caption_{k}": v for k, v in caption_scores(generate_captions(model, tokenizer, inputs), scenes).items()}
-
-
-def verify(name: str, root=None, tolerance: float = 0.01) -> tuple[bool, str]:
-    """Re-measure a saved mapper with notebook 01's frozen ViT, probe and GPT and compare with its record (`zoo verify`)."""
-    from ..tokenizer import load_tokenizer
-    from ..unimodal import build_tiny, object_list, region_encoder, region_features
-
-    recorded = zoo.load_checkpoint(name, root=root)[1]["metrics"]
-    model = DeepPrefixCaptioner(build_tiny("tiny-gpt"), load_mapper(name, root))
-    scenes = generation_scenes(recorded.get("eval_seed", 0), recorded.get("eval_n", 1000))
-    objects = object_list(region_features(region_encoder(), images_of(scenes)))
-    return zoo.compare_metrics(recorded, measure(model, load_tokenizer(), objects, scenes), tolerance)
-
-
-def token_embeddings(lm: nn.Module) -> nn.Embedding:
-    """The LM's input embedding table: `get_input_embeddings()` (Hugging Face) or `transformer.tok_emb` (ours)."""
-    return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.transformer.tok_emb
+def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
+    """A fresh mapper of the kind `config.mapper` names, from features [B, in_dim] (or [B, N, in_dim]) to the
+    prefix `lm` reads."""
+    c = config
+    if c.mapper == "mlp":
+        return MLPMapper(c.in_dim, lm.dim, c.k, c.hidden)
+    if c.mapper == "transformer":
+        return TransformerMapper(c.in_dim, lm.dim, c.k, c.dim, c.depth, c.n_heads)
+    if c.mapper == "deep":
+        return DeepPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers, c.dim, c.depth, c.n_heads)
+    return ObjectPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers)
 
 
 def caption_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -166,180 +181,107 @@ def caption_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1 - k).clamp(min=0)
 
 
-class CaptionPositions:
-    """The LM as `vlmlab.generation.generate` drives it, with `caption_positions` passed on every call."""
+class PrefixCaptioner(FrozenParts):
+    """A language model, a trained mapper and a vision tower, any of them frozen (by default the LM and the vision
+    tower; `config.train_vision` trains the tower, Frozen's choice). Introduced in notebook 04.
 
-    def __init__(self, lm: nn.Module, k: int):
-        self.lm, self.k = lm, k
+    The mapper's prefix is an input prefix [B, k, D] in front of the text, or a deep prefix [B, L, 2, k, D] that
+    becomes k cached past positions in every layer. Parts given to the constructor are used as they are; parts
+    not given are built from `config` (the LM and the vision tower loaded at their pinned hashes)."""
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.embed(input_ids)
-
-    def __call__(self, **kwargs):
-        new = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-        positions = caption_positions(kwargs["attention_mask"], self.k)[:, -new.shape[1]:]  # the new inputs only
-        return self.lm(**kwargs, position_ids=positions)
-
-
-class PrefixCaptioner(nn.Module):
-    """A frozen LM, a trained mapper and optionally a vision encoder that trains too (Frozen).
-    Introduced in notebook 04.
-
-    Without `vision` the inputs are precomputed image features [B, N, Dv]; with it they are uint8 images,
-    and the features are `vision(images).hidden`. `caption_positions=True` (our tiny GPT, which learned
-    positions only as far as its longest caption) numbers the caption from 0 as in the LM's training, with
-    the prefix vectors at position 0; otherwise the prefix takes the first k positions (Hugging Face LMs)."""
-
-    def __init__(self, lm: nn.Module, mapper: nn.Module, vision: nn.Module | None = None, caption_positions: bool = False):
+    def __init__(self, config: Config, lm: LanguageModel | None = None, vision: nn.Module | None = None,
+                 mapper: nn.Module | None = None):
         super().__init__()
-        self.lm, self.mapper, self.vision = lm, mapper, vision
-        self.caption_positions = caption_positions
-        self.lm.requires_grad_(False)
+        self.config = config
+        self.FROZEN = tuple(name for name, frozen in (("lm", config.freeze_lm), ("vision", not config.train_vision)) if frozen)
+        self.lm = lm if lm is not None else load_language_model(config.lm)
+        self.vision = vision if vision is not None or config.vision is None else vision_tower(config.vision)
+        require(mapper is not None or config.mapper is not None, "mapper", None, "a mapper, when config.mapper is None")
+        self.mapper = mapper if mapper is not None else build_mapper(config, self.lm)
+        for name in ("lm", "vision"):  # what the config freezes is frozen (no gradients, eval mode), the rest trains
+            if getattr(self, name) is not None:
+                getattr(self, name).requires_grad_(name not in self.FROZEN).train(name not in self.FROZEN)
 
-    def train(self, mode: bool = True) -> PrefixCaptioner:
-        super().train(mode)
-        self.lm.eval()  # frozen: no dropout either
-        return self
+    @classmethod
+    def from_config(cls, config: dict) -> PrefixCaptioner:
+        """Rebuilt from the config a checkpoint keeps (`vlmlab.zoo.load_model`)."""
+        return cls(Config.from_dict(config))
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return token_embeddings(self.lm)(input_ids)  # [B, T, D_lm]
-
-    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Images (with a vision encoder) or features -> the visual prefix [B, k, D_lm]."""
-        features = inputs if self.vision is None else self.vision(to_float(inputs)).hidden  # [B, N, Dv]
-        return self.mapper(features)
-
-    def forward(self, inputs: torch.Tensor, text: TextBatch):
-        """The LM's output (with .loss) for [prefix | text]; labels are -100 on the prefix."""
-        prefix = self.prefix(inputs)  # [B, k, D]
-        B, k = prefix.shape[:2]
-        ones = text.attention_mask.new_ones(B, k)
-        mask = torch.cat([ones, text.attention_mask], dim=1)  # [B, k + T]
-        return self.decoder(k)(inputs_embeds=torch.cat([prefix, self.embed(text.input_ids)], dim=1), attention_mask=mask,
-                               labels=torch.cat([torch.full_like(ones, IGNORE_INDEX), text.labels], dim=1))
-
-    def decoder(self, k: int):
-        """What reads a sequence that starts with a k-vector prefix: the LM, with caption positions if asked."""
-        return CaptionPositions(self.lm, k) if self.caption_positions else self.lm
-
-
-def batch_loss(model: PrefixCaptioner, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """The captioning loss for `vlmlab.train.fit`. batch: "inputs" (features or images), input_ids,
-    attention_mask, labels."""
-    text = TextBatch(batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return model(batch["inputs"], text).loss, {}
-
-
-class DeepPrefixCaptioner(PrefixCaptioner):
-    """A frozen `vlmlab.nn.CausalLM` that reads a `DeepPrefixMapper`'s keys and values in every layer, before
-    the caption, as a KV cache of k past positions; `prefix(inputs)` is [B, L, 2, k, D]. The caption keeps its
-    own positions (from 0). Introduced in notebook 04."""
-
-    def forward(self, inputs: torch.Tensor, text: TextBatch):
-        return DeepPrefixDecoder(self.lm, self.prefix(inputs))(input_ids=text.input_ids,
-                                                               attention_mask=text.attention_mask, labels=text.labels)
-
-
-class DeepPrefixDecoder:
-    """The frozen LM with a deep prefix kv [B, L, 2, k, D] in front, as `fit` and `vlmlab.generation.generate`
-    drive it: on a call without `past_key_values` the prefix becomes one KVCache per layer (rows repeated for
-    beams: row b * K + j belongs to image b), the attention mask is extended over it, and the text's positions
-    count from 0. Introduced in notebook 04."""
-
-    def __init__(self, lm: nn.Module, kv: torch.Tensor):
-        self.lm, self.kv = lm, kv
+    @property
+    def max_text_len(self) -> int:
+        """Text positions: all the LM's after a deep prefix, which holds none; after an input prefix, the rest."""
+        return self.lm.max_len - (0 if self.mapper.deep else self.config.k)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.embed(input_ids)
+        return self.lm.embed(input_ids)  # [B, T, D]
 
-    def caches(self, rows: int) -> list[KVCache]:
-        """One fresh KVCache per layer holding the prefix keys and values [rows, H, k, hd]: the LM extends a cache
-        in place, so every call that starts over gets its own."""
-        kv, heads = self.kv.repeat_interleave(rows // len(self.kv), dim=0), self.lm.config.n_heads
-        caches = [KVCache() for _ in range(kv.size(1))]
-        for layer, cache in enumerate(caches):
-            cache.update(split_heads(kv[:, layer, 0], heads), split_heads(kv[:, layer, 1], heads))
-        return caches
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
+        return self.vision(pixels)
 
-    def __call__(self, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None, past_key_values=None,
-                 use_cache: bool = False):
-        B, k = attention_mask.size(0), self.kv.size(3)
-        new = (input_ids if input_ids is not None else inputs_embeds).size(1)
-        positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -new:]  # the text from 0
+    def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"prefix": self.mapper(image_features)}  # [B, k, D] or [B, L, 2, k, D]
+
+    def forward(self, *, prefix: torch.Tensor, input_ids=None, inputs_embeds=None, attention_mask: torch.Tensor,
+                labels=None, cache=None, use_cache: bool = False) -> LMOutput:
+        """The LM's output (with .loss when labels are given). The first call (no cache) puts the prefix in; later
+        calls extend the cache with new text. attention_mask and labels cover the text only."""
+        text = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        B, T = text.shape[:2]
+        k = prefix.size(-2)
         mask = torch.cat([attention_mask.new_ones(B, k), attention_mask], dim=1)  # the prefix is always visible
-        past = past_key_values if past_key_values is not None else self.caches(B)
-        return self.lm(input_ids, inputs_embeds, mask, labels, past, use_cache=True, position_ids=positions)
+        if prefix.ndim == 5:  # deep: k past positions in every layer, holding no position; the text counts from 0
+            cache = cache if cache is not None else self.lm.prefix_cache(prefix)
+            return self.lm(inputs_embeds=text, attention_mask=mask, position_ids=default_positions(attention_mask, T),
+                           labels=labels, cache=cache)
+        if cache is None:  # the input prefix goes in front of the text
+            joined = splice_visual(prefix, text, attention_mask, labels)
+            text, labels = joined.inputs_embeds, joined.labels
+        positions = caption_positions(mask, k)[:, -text.size(1):] if self.config.restart_positions else None
+        return self.lm(inputs_embeds=text, attention_mask=mask, position_ids=positions, labels=labels, cache=cache,
+                       use_cache=use_cache)
 
 
-# ---------------------------------------------------------------- what is frozen, what trains
+batch_loss = caption_loss  # the captioning loss, image_features or images in the batch
 
 
-def checksum(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer, in order: equal before and after training means untouched."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
-    """One row per named part: its parameters and how many of them train; plus a "total" row."""
-    rows = [{"part": name, "params": sum(p.numel() for p in m.parameters()),
-             "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad)} for name, m in parts.items()]
-    total = {"part": "total", "params": sum(r["params"] for r in rows), "trainable": sum(r["trainable"] for r in rows)}
-    return rows + [total]
-
-
-# ---------------------------------------------------------------- captions, greedy or beam
-
-
-@torch.no_grad()
-def generate_captions(model: PrefixCaptioner, tokenizer, inputs: torch.Tensor, prompts: str | list[str] = "",
-                      max_new_tokens: int = 24, batch_size: int = 256, **generate_kwargs) -> list[str]:
-    """Continue each image's prompt (features or images): prefix, then <bos> + prompt (one for all, or one per
-    image: a question, say), then the LM writes. `vlmlab.generation.generate` drives our CausalLM;
-    generate_kwargs go to it. Introduced in notebook 04."""
-    prompts = [prompts] * len(inputs) if isinstance(prompts, str) else list(prompts)
-    require(len(prompts) == len(inputs), "prompts", f"{len(prompts)} prompts", f"one per input ({len(inputs)})")
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size].to(device)
-        ids, mask = (t.to(device) for t in prompt_ids(tokenizer, prompts[start : start + batch_size]))  # left-padded
-        prefix = model.prefix(chunk)  # [b, k, D], or [b, L, 2, k, D] for a deep prefix
-        if isinstance(model, DeepPrefixCaptioner):  # the prefix is in every layer's cache, not in the sequence
-            decoder, embeds, used = DeepPrefixDecoder(model.lm, prefix), model.embed(ids), ids.size(1)  # it holds no position
-        else:
-            embeds = torch.cat([prefix, model.embed(ids)], dim=1)  # [b, k + T, D]
-            mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], dim=1)  # padding may sit after the prefix
-            decoder, used = model.decoder(prefix.size(1)), embeds.size(1)
-        room = room_left(model.lm, used)
-        new = generate(decoder, inputs_embeds=embeds, attention_mask=mask,
-                       max_new_tokens=min(max_new_tokens, room), eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
-        out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return out
-
-
-def room_left(lm: nn.Module, used: int) -> int:
-    """How many tokens fit after `used` positions: the LM's max_len minus used (unbounded for HF models)."""
-    max_len = getattr(getattr(lm, "config", None), "max_len", None)
-    require(max_len is None or used < max_len, "prompt", f"{used} positions", f"fewer than the LM's max_len={max_len}")
-    return 10**9 if max_len is None else max_len - used
+def encode_captions(tokenizer, captions: list[str], prompt: str = "", max_length: int = 16) -> TextBatch:
+    """Captions as training text for a prefix that opens the sequence, right-padded: [prompt] caption <eos>, at most
+    max_length tokens, no <bos> (the real track's SmolLM2). Labels are the caption and its <eos>; the prompt gets
+    -100. After a prompt the caption starts with a space, as a word after a word does. A sequence longer than
+    max_length is cut (it then has no <eos>)."""
+    require(len(captions) >= 1 and all(isinstance(c, str) and c.strip() for c in captions), "captions",
+            list(captions[:3]), "a non-empty list of non-empty strings")
+    require(isinstance(max_length, int) and max_length >= 2, "max_length", max_length, "an int >= 2")
+    targets = [(" " if prompt else "") + c.strip() for c in captions]
+    return encode_texts(tokenizer, [prompt] * len(captions), targets, max_length=max_length, bos=False, eos=True)
 
 
 def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor, str]], query: torch.Tensor,
-               query_text: str = "") -> torch.Tensor:
+               query_text: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen's few-shot prompt: [prefix(img_1)] <bos> text_1 [prefix(img_2)] <bos> text_2 ... [prefix(query)]
-    <bos> query_text, as one sequence of embeddings [1, S, D]. Each shot is (input [N, Dv] or image, text).
-    Introduced in notebook 04."""
+    <bos> query_text, for one query. Each shot is (image features, text). Returns the first image's prefix
+    [1, k, D], which the model puts in front as it does any prefix, and everything after it as embeddings
+    [1, S, D]. Introduced in notebook 04."""
     device = next(model.parameters()).device
     parts = []
-    for inputs, text in [*shots, (query, query_text)]:
+    for features, text in [*shots, (query, query_text)]:
         ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(text)], device=device)
-        parts += [model.prefix(inputs[None].to(device)), model.embed(ids)]
-    embeds = torch.cat(parts, dim=1)  # [1, S, D]
-    room_left(model.lm, embeds.size(1))
-    return embeds
+        parts += [model.mapper(features[None].to(device)), model.embed(ids)]
+    rest = torch.cat(parts[1:], dim=1)  # [1, S, D]
+    require(parts[0].size(1) + rest.size(1) <= model.lm.max_len, "shots", f"{parts[0].size(1) + rest.size(1)} positions",
+            f"at most the LM's max_len={model.lm.max_len}")
+    return parts[0], rest
+
+
+def measure(model: PrefixCaptioner, tokenizer, bench: SceneBench) -> dict[str, float]:
+    """Notebook 04's held-out caption numbers: greedy captions against the scenes (`evaluate.suite`, "captioner")."""
+    return suite(model, tokenizer, "captioner", bench)
+
+
+SAVED = ("frozen-prefix-shapes",)  # what notebook 04 saves: the object-list mapper
+TARGETS = {  # notebook 04's quality targets, on its held-out scenes
+    "smoke": {"caption_attr_f1": (">=", 0.85), "trainable_fraction": ("<", 0.10)},  # the shipped mapper, TRAIN=False
+    "cpu": {"caption_attr_f1": (">=", 0.85), "trainable_fraction": ("<", 0.10)},
+    "gpu": {"caption_attr_f1": (">=", 0.85), "trainable_fraction": ("<", 0.10)},
+}

@@ -1,0 +1,78 @@
+"""What is frozen and what trains. Introduced in notebook 04.
+
+    freeze(module)                      no gradients, eval mode (no dropout): a part that never changes
+    checksum(module) -> str             sha256 over every tensor: equal before and after training = untouched
+    parameter_table({"part": module})   parameters and trainable parameters per part, with their total
+    FrozenParts                         a model built on frozen parts (a vision tower, a language model): they
+                                        stay in eval mode, and its checkpoint holds only what it trains
+
+A frozen part that came from the checkpoint zoo carries `ref` = {"name", "sha256"} of that file; a model's config
+keeps the refs of its frozen parts, so reloading it finds exactly those files again (`vlmlab.zoo.load_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Switch off every gradient of `module` and put it in eval mode; returns it."""
+    return module.requires_grad_(False).eval()
+
+
+def checksum(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer, in order: equal before and after training means untouched."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
+    """One row per named part: its parameters and how many of them train; plus a "total" row."""
+    rows = [{"part": name, "params": sum(p.numel() for p in m.parameters()),
+             "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad)} for name, m in parts.items()]
+    total = {"part": "total", "params": sum(r["params"] for r in rows), "trainable": sum(r["trainable"] for r in rows)}
+    return rows + [total]
+
+
+def trainable_fraction(parts: dict[str, nn.Module]) -> float:
+    """The share of all parameters of `parts` that train."""
+    total = parameter_table(parts)[-1]
+    return total["trainable"] / total["params"]
+
+
+class FrozenParts(nn.Module):
+    """A model that keeps some of its parts frozen. Subclasses name them in `FROZEN` (attribute names; a part may
+    be None). Introduced in notebook 04.
+
+    - `train()` leaves the frozen parts in eval mode;
+    - `saved_state()` is the state dict without them, and `load_saved(state)` loads exactly that back: the
+      checkpoint holds what trains, and the config pins the frozen parts by name and sha256.
+    A part that trains (Frozen's vision tower, LLaVA's language model in stage 2) is simply not listed."""
+
+    FROZEN: tuple[str, ...] = ()
+
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in self.FROZEN if getattr(self, name) is not None}
+
+    def train(self, mode: bool = True) -> FrozenParts:
+        super().train(mode)
+        for part in self.frozen_parts().values():
+            part.eval()
+        return self
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        skip = tuple(f"{name}." for name in self.frozen_parts())
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+    def load_saved(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.saved_state())
+        if set(state) != expected:
+            raise ValueError(f"{type(self).__name__}: the checkpoint's tensors differ from what this model saves: "
+                             f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+        self.load_state_dict(state, strict=False)
