@@ -3,14 +3,19 @@
 A checkpoint called NAME is two files in one folder:
 
     NAME.safetensors   the tensors (never pickle: loading runs no code)
-    NAME.json          {"name", "format": 1, "config", "metrics", "sha256", "created", "dtype"}
+    NAME.json          {"name", "format": 2, "strategy", "model", "config", "depends", "evalset", "metrics",
+                        "sha256", "created", "dtype"}
 
-`sha256` is the hash of the .safetensors file, so a corrupted or replaced file is caught on load,
-and `config` is how the model was built, so loading it into a different model says what differs.
-Both files are written atomically (temp file in the same folder, fsync, os.replace): an
-interrupted save leaves the previous checkpoint whole. Checkpoints shipped with the workbook live
-in `data/checkpoints/`; the ones you train go to the user cache (`$VLMLAB_CACHE`, default
-`~/.cache/vlmlab`), which is searched first.
+`sha256` is the hash of the .safetensors file, so a corrupted or replaced file is caught on load, and `config` is
+how the model was built, so loading it into a different model says what differs. A model built on frozen parts
+from other checkpoints (a mapper on notebook 01's GPT, say) saves only what it trained; its config names each such
+part with the sha256 of the exact file (`depends` lists them), and loading finds that file again or says what it
+found instead. `strategy` and `model` say which class rebuilds it (`vlmlab.strategies.OWNERS`), `evalset` on
+which held-out set its `metrics` were measured, so `zoo verify` can measure it again.
+
+Both files are written atomically (temp file in the same folder, fsync, os.replace): an interrupted save leaves
+the previous checkpoint whole. Checkpoints shipped with the workbook live in `data/checkpoints/`; the ones you
+train go to the user cache (`$VLMLAB_CACHE`, default `~/.cache/vlmlab`), which is searched first.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from .files import atomic_write_bytes, sha256_file, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "data" / "checkpoints"
-FORMAT = 1
+FORMAT = 2
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -90,11 +95,13 @@ def check_sha256(path: str | Path, expected: str) -> None:
 # ---- save / find / load ----
 
 def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict, metrics: dict | None = None,
-                    root: str | Path | None = None, dtype: torch.dtype | str | None = None) -> Path:
+                    root: str | Path | None = None, dtype: torch.dtype | str | None = None, *, strategy: str | None = None,
+                    model: str | None = None, evalset: dict | None = None) -> Path:
     """Save `state_dict` as `root/NAME.safetensors` + `root/NAME.json` (root: the user cache).
 
-    `dtype` (e.g. torch.float16 or "fp16", used for shipped checkpoints) casts the floating tensors;
-    integer tensors are kept as they are. Returns the path of the .safetensors file.
+    `dtype` (e.g. torch.float16 or "fp16", used for shipped checkpoints) casts the floating tensors; integer tensors
+    are kept as they are. `strategy`, `model` and `evalset` go into the record (see `save_model`); the refs in
+    `config` become its `depends`. Returns the path of the .safetensors file.
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith((".safetensors", ".json")):
         raise ValueError(f"name={name!r} is not a valid checkpoint name: use letters, digits, '.', '_' and '-' "
@@ -105,7 +112,8 @@ def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict
         raise ValueError(f"dtype={dtype!r} is not allowed: use one of {sorted(DTYPES)} or a floating torch.dtype")
     if dtype is not None:
         state_dict = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state_dict.items()}
-    record = {"name": name, "format": FORMAT, "config": config, "metrics": metrics or {}}
+    record = {"name": name, "format": FORMAT, "strategy": strategy, "model": model, "config": config,
+              "depends": refs_in(config), "evalset": evalset, "metrics": metrics or {}}
     try:
         json.dumps(record)  # fail before writing anything
     except (TypeError, ValueError) as e:
@@ -121,23 +129,43 @@ def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict
     return path
 
 
-def find_checkpoint(name_or_path: str | Path, root: str | Path | None = None) -> Path:
-    """The .safetensors file of a checkpoint: an explicit path (with or without extension), or a name
-    looked up in `root`, else in the user cache and then in the shipped checkpoints."""
+def find_checkpoint(name_or_path: str | Path, root: str | Path | None = None, sha256: str | None = None) -> Path:
+    """The .safetensors file of a checkpoint: an explicit path (with or without extension), or a name looked up in
+    `root`, else in the user cache and then in the shipped checkpoints. With `sha256`, the first file of that name
+    whose record has exactly that hash, looked up in `root` (if given), the user cache and the shipped ones:
+    a pinned dependency."""
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in text or os.sep in text or text.endswith((".safetensors", ".json")):
         path = Path(text.removesuffix(".json").removesuffix(".safetensors") + ".safetensors")
         if not path.exists():
             raise CheckpointNotFound(f"checkpoint file {_show(path)} does not exist")
         return path
-    folders = _folders(root)
-    for folder in folders:
-        if (folder / f"{text}.safetensors").exists():
-            return folder / f"{text}.safetensors"
+    folders = _folders(root) if sha256 is None else [*([Path(root)] if root is not None else []), *_folders(None)]
+    found = [folder / f"{text}.safetensors" for folder in folders if (folder / f"{text}.safetensors").exists()]
+    if sha256 is None and found:
+        return found[0]
+    hashes = {}
+    for path in found:
+        hashes[path] = _recorded_sha256(path)
+        if hashes[path] == sha256:
+            return path
     where = {"user": "user cache, set by $VLMLAB_CACHE", "shipped": "shipped", "root": "the root you gave"}
     searched = " and ".join(f"{_show(f)} ({where[_location(f)]})" for f in folders)
+    if sha256 is not None:
+        seen = "; ".join(f"{_show(p)} has {h[:12] if h else 'no readable record'}…" for p, h in hashes.items()) or "none"
+        raise CheckpointError(f"checkpoint {text!r} with sha256 {sha256[:12]}… is needed (a saved model was built on "
+                              f"it) but not found in {searched}; found: {seen}. Put that file back (the shipped ones "
+                              "are in git: `git checkout data/checkpoints/`) or train the model that needs it again")
     raise CheckpointNotFound(f"no checkpoint {text!r}: looked for {text}.safetensors in {searched}; "
                              "vlmlab.zoo.list_checkpoints() shows what exists, notebook 01 makes the shipped ones")
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The sha256 a checkpoint's record claims (not checked here), None when the record is unreadable."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("sha256")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _folders(root: str | Path | None) -> list[Path]:
@@ -163,18 +191,20 @@ def read_record(path: str | Path) -> dict:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{_show(json_path)} is not valid JSON ({e}); delete the checkpoint and save it again") from e
     if record.get("format") != FORMAT:
-        raise CheckpointError(f"{_show(json_path)} has format {record.get('format')!r}; this vlmlab reads format {FORMAT}")
+        raise CheckpointError(f"{_show(json_path)} has format {record.get('format')!r}; this vlmlab reads format {FORMAT}: "
+                              "it was saved by an older vlmlab, so run the notebook that made it again (or delete it)")
     check_sha256(path, record["sha256"])
     return record | {"path": str(path), "location": _location(path.parent)}
 
 
-def load_checkpoint(name_or_path: str | Path, expected_config: dict | None = None,
-                    root: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a checkpoint after checking its sha256 and, when given, that its config is `expected_config`.
+def load_checkpoint(name_or_path: str | Path, expected_config: dict | None = None, root: str | Path | None = None,
+                    sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a checkpoint after checking its sha256 and, when given, that its config is `expected_config`;
+    `sha256` pins which file of that name (see `find_checkpoint`).
 
     Returns (state_dict, record). Raises CheckpointNotFound / CheckpointError with what to do.
     """
-    path = find_checkpoint(name_or_path, root)
+    path = find_checkpoint(name_or_path, root, sha256)
     record = read_record(path)
     if expected_config is not None:
         expected = json.loads(json.dumps(expected_config))  # tuples become lists, as they are in the record
@@ -203,22 +233,9 @@ def list_checkpoints(root: str | Path | None = None) -> list[dict]:
     return records
 
 
-def compare_metrics(recorded: dict, measured: dict[str, float], tolerance: float = 0.01) -> tuple[bool, str]:
-    """(ok, message) for a re-measurement: every measured metric that the record holds must agree within
-    `tolerance` (relative above 1, absolute below). `message` lists the numbers or what differs."""
-    differ = [f"{k}: recorded {recorded[k]:.4f}, measured {v:.4f}" for k, v in measured.items()
-              if k in recorded and abs(v - recorded[k]) > tolerance * max(1.0, abs(v))]
-    if differ:
-        return False, "metrics differ: " + "; ".join(differ)
-    return True, "re-measured " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items())
-
-
-def verify_all(root: str | Path | None = None,
-               deep: Callable[[str, Path], tuple[bool, str]] | None = None) -> list[tuple[str, bool, str]]:
-    """(name, ok, message) for every checkpoint, including records whose .safetensors is missing.
-
-    `deep(name, folder) -> (ok, message)`, if given, runs on each checkpoint whose hash checks out (the CLI
-    re-measures the tiny backbones' metrics with it)."""
+def verify_all(root: str | Path | None = None, measure: bool = True) -> list[tuple[str, bool, str]]:
+    """(name, ok, message) for every checkpoint, including records whose .safetensors is missing. With `measure`,
+    a checkpoint whose hash checks out and whose record names an evaluation set is measured again (`verify`)."""
     results = []
     for folder in _folders(root):
         names = sorted({p.stem for p in folder.glob("*.safetensors")} | {p.stem for p in folder.glob("*.json")})
@@ -228,10 +245,86 @@ def verify_all(root: str | Path | None = None,
                 results.append((name, False, f"{_show(path)} is missing but its record {name}.json exists"))
                 continue
             try:
-                read_record(path)
+                record = read_record(path)
+                ok, message = verify(name, folder) if measure and record.get("evalset") else (True, "hash ok")
             except CheckpointError as e:
-                results.append((name, False, str(e)))
-                continue
-            ok, message = deep(name, folder) if deep is not None else (True, "ok")
+                ok, message = False, str(e)
             results.append((name, ok, f"{_location(folder)}: {message}"))
     return results
+
+
+# ---- models: save, load, measure again ----
+
+
+def ref_of(record: dict) -> dict:
+    """{"name", "sha256"} of a loaded checkpoint's record: how a config pins it."""
+    return {"name": record["name"], "sha256": record["sha256"]}
+
+
+def refs_in(config) -> dict[str, str]:
+    """Every checkpoint a config pins, {name: sha256}: the {"name", "sha256"} dicts anywhere inside it (a pretrained
+    package's backbone has sha256 None and is not listed)."""
+    if isinstance(config, dict):
+        if set(config) >= {"name", "sha256"} and config["sha256"]:
+            return {config["name"]: config["sha256"]}
+        return {k: v for value in config.values() for k, v in refs_in(value).items()}
+    if isinstance(config, list | tuple):
+        return {k: v for value in config for k, v in refs_in(value).items()}
+    return {}
+
+
+def config_dict(model: torch.nn.Module) -> dict:
+    """A model's config as plain JSON values: `config.to_dict()`, a dataclass, or a dict."""
+    config = model.config
+    return config.to_dict() if hasattr(config, "to_dict") else asdict(config) if not isinstance(config, dict) else config
+
+
+def save_model(name: str, model: torch.nn.Module, metrics: dict, *, strategy: str, evalset: dict | None = None,
+               root: str | Path | None = None, dtype: str | None = "fp16") -> Path:
+    """Save a model of `strategy` (a key of `vlmlab.strategies.OWNERS`) so `load_model` can rebuild it: its config,
+    the tensors it trains (`model.saved_state()` when it has frozen parts), and the held-out set (`evalset`, a spec
+    `vlmlab.data.evalsets.build` takes) its `metrics` were measured on. Returns the .safetensors path."""
+    state = model.saved_state() if hasattr(model, "saved_state") else model.state_dict()
+    return save_checkpoint(name, state, config_dict(model), metrics, root=root, dtype=dtype, strategy=strategy,
+                           model=type(model).__name__, evalset=evalset)
+
+
+def load_model(name: str | Path, root: str | Path | None = None, sha256: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """A model saved with `save_model`, rebuilt in fp32: the class its record names, `from_config` (which loads the
+    frozen parts at the hashes the config pins), then its own tensors. Returns (model, record)."""
+    from .strategies import OWNERS  # the registry knows every class a checkpoint can hold
+
+    state, record = load_checkpoint(name, root=root, sha256=sha256)
+    owner = OWNERS.get(record.get("strategy"))
+    model_class = getattr(owner, record.get("model") or "", None)
+    if model_class is None:
+        raise CheckpointError(f"{record['path']}: its record names strategy {record.get('strategy')!r} and model "
+                              f"{record.get('model')!r}, which this vlmlab does not have ({sorted(OWNERS)})")
+    model = model_class.from_config(record["config"])
+    if hasattr(model, "load_saved"):
+        model.load_saved(state)
+    else:
+        model.load_state_dict(state)
+    return model.float(), record
+
+
+def compare_metrics(recorded: dict, measured: dict[str, float], tolerance: float = 0.01) -> tuple[bool, str]:
+    """(ok, message) for a re-measurement: every measured metric that the record holds must agree within
+    `tolerance` (relative above 1, absolute below). `message` lists the numbers or what differs."""
+    differ = [f"{k}: recorded {recorded[k]:.4f}, measured {v:.4f}" for k, v in measured.items()
+              if k in recorded and abs(v - recorded[k]) > tolerance * max(1.0, abs(v))]
+    if differ:
+        return False, "metrics differ: " + "; ".join(differ)
+    return True, "re-measured " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items() if k in recorded)
+
+
+def verify(name: str | Path, root: str | Path | None = None, tolerance: float = 0.01) -> tuple[bool, str]:
+    """Load a saved model and measure it again, with its strategy's `measure`, on the evaluation set its record
+    names; compare with the metrics it was saved with (`python -m vlmlab zoo verify`)."""
+    from .data import evalsets
+    from .strategies import OWNERS
+    from .tokenizer import load_tokenizer
+
+    model, record = load_model(name, root)
+    measured = OWNERS[record["strategy"]].measure(model, load_tokenizer(), evalsets.build(record["evalset"]))
+    return compare_metrics(record["metrics"], measured, tolerance)
