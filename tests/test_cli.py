@@ -1,6 +1,6 @@
 """`python -m vlmlab`: run, run-all, sweep, report, assign, doctor, on tiny notebooks written here with nbformat.
 
-Also vlmlab.metrics.record, which is how a notebook hands its numbers to `run`.
+Also vlmlab.runs.record, which is how a notebook hands its numbers to `run`, and runs.check_targets.
 """
 
 import csv
@@ -14,16 +14,19 @@ import papermill as pm
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from vlmlab import cli, metrics
+from vlmlab import runs
+from vlmlab.cli import main
+from vlmlab.cli.runner import parse_value
+from vlmlab.cli.sweep import sweep_grid
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
 # Allocates MB mebibytes and records a number that depends on it (total == MB), without importing torch.
 WORK = [
     ('PROFILE = "auto"\nSEED = 0\nTRAIN = True\nMB = 0\nLABEL = "x"', {"tags": ["parameters"]}),
-    ("import time\nfrom pathlib import Path\nimport numpy as np\nfrom vlmlab import metrics\n"
+    ("import time\nfrom pathlib import Path\nimport numpy as np\nfrom vlmlab import runs\n"
      "block = np.ones(MB * 2**20 // 8)  # float64: 8 bytes each\ntime.sleep(0.3)\n"
-     "metrics.record(total=float(block.sum()) / 2**17, label=LABEL, folder=Path.cwd().name)", {}),
+     "runs.record(total=float(block.sum()) / 2**17, label=LABEL, folder=Path.cwd().name)", {}),
 ]
 # Checks N the way params.resolve does (without importing torch, to stay fast), so a bad N stops it in the second cell.
 CHECKED = [
@@ -52,38 +55,38 @@ def output_lines(result) -> list[str]:
 # ---- helpers, in process ----
 
 def test_parse_value_reads_python_literals_and_falls_back_to_text():
-    assert cli.parse_value("3") == 3 and cli.parse_value("1e-3") == 1e-3 and cli.parse_value("True") is True
-    assert cli.parse_value("None") is None and cli.parse_value("'beam'") == "beam"
-    assert cli.parse_value("beam") == "beam" and cli.parse_value("a b") == "a b"
+    assert parse_value("3") == 3 and parse_value("1e-3") == 1e-3 and parse_value("True") is True
+    assert parse_value("None") is None and parse_value("'beam'") == "beam"
+    assert parse_value("beam") == "beam" and parse_value("a b") == "a b"
 
 
 def test_sweep_grid_is_the_cartesian_product():
-    grid = cli.sweep_grid([["LR", "0.1,0.2"], ["DECODE", "greedy,beam"], ["SEED", "0"]])
+    grid = sweep_grid([["LR", "0.1,0.2"], ["DECODE", "greedy,beam"], ["SEED", "0"]])
     assert grid == [{"LR": 0.1, "DECODE": "greedy", "SEED": 0}, {"LR": 0.1, "DECODE": "beam", "SEED": 0},
                     {"LR": 0.2, "DECODE": "greedy", "SEED": 0}, {"LR": 0.2, "DECODE": "beam", "SEED": 0}]
 
 
 def test_record_checks_keeps_and_merges_into_the_run_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "_recorded", {})
+    monkeypatch.setattr(runs, "_recorded", {})
     monkeypatch.setenv("VLMLAB_RUN_DIR", str(tmp_path))
     (tmp_path / "metrics.json").write_text(json.dumps({"earlier": 1}))
-    assert metrics.record(acc=0.5, steps=10) == {"acc": 0.5, "steps": 10}
-    assert metrics.record(acc=0.75, ok=True, decode="beam") == {"acc": 0.75, "steps": 10, "ok": True, "decode": "beam"}
+    assert runs.record(acc=0.5, steps=10) == {"acc": 0.5, "steps": 10}
+    assert runs.record(acc=0.75, ok=True, decode="beam") == {"acc": 0.75, "steps": 10, "ok": True, "decode": "beam"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"earlier": 1, "acc": 0.75, "steps": 10, "ok": True,
                                                                     "decode": "beam"}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
     for bad, why in [(float("nan"), "not a finite number"), ([1], "must be a finite number, a bool or a short string"),
                      ("x" * 201, "short one-line string")]:
         with pytest.raises(ValueError, match=f"metric loss=.*{why}"):
-            metrics.record(loss=bad)
-    assert "loss" not in metrics.recorded()
+            runs.record(loss=bad)
+    assert "loss" not in runs.recorded()
 
 
 def test_record_without_a_run_dir_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "_recorded", {})
+    monkeypatch.setattr(runs, "_recorded", {})
     monkeypatch.delenv("VLMLAB_RUN_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert metrics.record(acc=1) == metrics.recorded() == {"acc": 1}
+    assert runs.record(acc=1) == runs.recorded() == {"acc": 1}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -99,6 +102,16 @@ def test_bad_profile_stops_before_any_kernel_starts(tmp_path):
     assert result.returncode == 2
     assert output_lines(result) == ["error: unknown parameter MEGABYTES for work.ipynb: its parameters cell has "
                                     "PROFILE, SEED, TRAIN, MB, LABEL"]
+
+
+def test_bad_profile_is_refused_without_importing_torch_papermill_or_nbgrader(tmp_path):
+    notebook = write_notebook(tmp_path / "work.ipynb", WORK)
+    code = ("import sys\nfrom vlmlab.cli import main\n"
+            f"assert main(['run', '--profile', 'nonsense', {str(notebook)!r}]) == 2\n"
+            "print(sorted(m for m in ('torch', 'papermill', 'nbgrader') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -243,25 +256,44 @@ def test_doctor_lists_versions_device_and_every_backbone():
 
 # ---- zoo ----
 
-def test_zoo_list_and_verify_report_a_corrupted_checkpoint(tmp_path, monkeypatch, capsys):
+def test_zoo_list_and_verify_report_a_corrupted_checkpoint(user_cache, tmp_path, monkeypatch, capsys):
     import torch
 
     from vlmlab import zoo
 
-    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path))
     monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none-shipped")
     zoo.save_checkpoint("good", {"w": torch.ones(2)}, {"dim": 2})
     bad = zoo.save_checkpoint("bad", {"w": torch.ones(2)}, {"dim": 2})
     bad.write_bytes(bad.read_bytes()[:-1] + b"\x00")  # one byte changed: the sha256 no longer matches
 
-    assert cli.main(["zoo", "list"]) == 0
+    assert main(["zoo", "list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in listed] == [["bad", "user"], ["good", "user"]]
     assert "sha256" in listed[0] and "float32" in listed[1]
-    assert cli.main(["zoo", "verify"]) == 1
+    assert main(["zoo", "verify"]) == 1
     verified = capsys.readouterr().out.splitlines()
-    assert verified[0].startswith("✗ bad") and verified[1].split() == ["✓", "good", "user:", "ok"]
+    assert verified[0].startswith("✗ bad") and verified[1].split() == ["✓", "good", "user:", "hash", "ok"]
     assert verified[2] == "1/2 checkpoints verified"
+
+
+def test_zoo_verify_measures_any_saved_model_again(tiny_zoo, tok, tmp_path, monkeypatch, capsys):
+    """Generic: the strategy named in the record measures the model on the evaluation set the record names."""
+    from vlmlab import unimodal, zoo
+    from vlmlab.data.evalsets import SceneBench
+
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none-shipped")
+    gpt, _ = zoo.load_model("tiny-gpt")
+    metrics = unimodal.measure(gpt, tok, SceneBench.build(seed=0, n=8))
+    zoo.save_model("gpt-measured", gpt, metrics, strategy="unimodal", evalset={"kind": "scenes", "seed": 0, "n": 8},
+                   dtype=None)
+    assert main(["zoo", "verify"]) == 0
+    verified = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[:-1]}
+    assert "user: re-measured val_ppl" in verified["gpt-measured"] and verified["tiny-gpt"].endswith("user: hash ok")
+    zoo.save_model("gpt-measured", gpt, metrics | {"val_ppl": metrics["val_ppl"] * 2}, strategy="unimodal",
+                   evalset={"kind": "scenes", "seed": 0, "n": 8}, dtype=None)
+    assert main(["zoo", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "✗ gpt-measured" in out and "metrics differ: val_ppl" in out
 
 
 def test_run_refuses_a_broken_notebook_file_by_name(tmp_path):
@@ -273,15 +305,26 @@ def test_run_refuses_a_broken_notebook_file_by_name(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_check_targets_reports_missed_targets_without_raising(capsys):
-    from vlmlab import metrics
-
-    metrics.record(demo_f1=0.8, demo_fraction=0.05)
-    met = metrics.check_targets({"demo_f1": (">=", 0.9), "demo_fraction": ("<", 0.1)})
-    assert met == {"demo_f1": False, "demo_fraction": True} and metrics.recorded()["targets_met"] is False
+def test_check_targets_reports_missed_targets_without_raising(capsys, monkeypatch):
+    monkeypatch.setattr(runs, "_recorded", {})
+    runs.record(demo_f1=0.8, demo_fraction=0.05, demo_ppl=1.2)
+    targets = {"cpu": {"demo_f1": (">=", 0.9), "demo_fraction": ("<", 0.1), "demo_ppl": ("<=", 1.2)},
+               "smoke": {"demo_f1": (">=", 0.5)}}
+    met = runs.check_targets(targets, "cpu")
+    assert met == {"demo_f1": False, "demo_fraction": True, "demo_ppl": True} and runs.recorded()["targets_met"] is False
     out = capsys.readouterr().out
-    assert "✗ missed demo_f1 = 0.8000 (target >= 0.9)" in out and "✓ met" in out
-    with pytest.raises(ValueError, match="no metric of that name"):
-        metrics.check_targets({"never_recorded": (">=", 1.0)})
+    assert "✗ missed demo_f1 = 0.8000 (target >= 0.9)" in out and "✓ met    demo_ppl = 1.2000 (target <= 1.2)" in out
+    assert runs.check_targets(targets, "smoke") == {"demo_f1": True} and runs.recorded()["targets_met"] is True
+    capsys.readouterr()
+
+
+def test_check_targets_skips_a_metric_this_run_did_not_measure(capsys, monkeypatch):
+    monkeypatch.setattr(runs, "_recorded", {})
+    runs.record(demo_f1=0.95)
+    met = runs.check_targets({"cpu": {"demo_f1": (">=", 0.9), "real_cider": (">=", 0.5)}}, "cpu")
+    assert met == {"demo_f1": True} and runs.recorded()["targets_met"] is True
+    assert "- not measured real_cider (target >= 0.5): this run did not record it" in capsys.readouterr().out
     with pytest.raises(ValueError, match="comparison"):
-        metrics.check_targets({"demo_f1": ("~", 1.0)})
+        runs.check_targets({"cpu": {"demo_f1": ("~", 1.0)}}, "cpu")
+    with pytest.raises(ValueError, match=r"no targets for profile 'gpu': the strategy's TARGETS has \['cpu'\]"):
+        runs.check_targets({"cpu": {"demo_f1": (">=", 0.9)}}, "gpu")

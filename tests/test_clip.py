@@ -11,32 +11,33 @@ from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
+from vlmlab.data.evalsets import DualEncoderBench, single_objects
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
-from vlmlab.data.shapes import ShapesWorld
-from vlmlab.evaluate import retrieval_recall
+from vlmlab.data.shapes import COLORS, ShapesWorld
+from vlmlab.evaluate import embed_images, embed_texts, retrieval_recall, zero_shot_attribute, zero_shot_classifier
 from vlmlab.nn import TextConfig, ViT, ViTConfig
+from vlmlab.protocols import DualEncoder, PairScorer
 from vlmlab.strategies.clip import (
     CLIP,
-    CLIPConfig,
+    Config,
     ImageTower,
     batch_loss,
     clip_loss,
     contrastive_loss,
     from_hf_clip,
     last_token_positions,
+    measure,
     negclip_batch_loss,
-    zero_shot_classifier,
 )
-from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
 PAD, BOS, EOS = 0, 98, 99  # inside the HF test vocabulary of 100 (its defaults, 49406/49407, are not)
 
 
-def tiny_config(vocab_size=100, patch_size=8, **kw) -> CLIPConfig:
-    return CLIPConfig(vision=ViTConfig(image_size=32, patch_size=patch_size, dim=32, depth=1, n_heads=2),
-                      text=TextConfig(vocab_size=vocab_size, max_len=64, dim=32, depth=1, n_heads=2, causal=True),
-                      **({"embed_dim": 16} | kw))
+def tiny_config(vocab_size=100, patch_size=8, **kw) -> Config:
+    return Config(vision=ViTConfig(image_size=32, patch_size=patch_size, dim=32, depth=1, n_heads=2),
+                  text=TextConfig(vocab_size=vocab_size, max_len=64, dim=32, depth=1, n_heads=2, causal=True),
+                  **({"embed_dim": 16} | kw))
 
 
 def captions_batch():
@@ -151,7 +152,7 @@ def test_config_validation_names_the_parameter():
 
 def test_config_round_trips_through_a_dict():
     config = tiny_config(learn_temperature=False)
-    assert CLIPConfig.from_dict(config.to_dict()) == config
+    assert Config.from_dict(config.to_dict()) == config
 
 
 # ---------------------------------------------------------------- the loss on hand-made cases
@@ -194,8 +195,8 @@ def test_negclip_negatives_raise_the_loss_only_through_image_to_text():
         contrastive_loss(image_emb, text_emb, 10.0, close_negatives[:2])
 
 
-def test_negclip_batch_loss_is_contrastive_loss_with_the_batch_negatives():
-    tokenizer = load_tokenizer()
+def test_negclip_batch_loss_is_contrastive_loss_with_the_batch_negatives(tok):
+    tokenizer = tok
     data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=6, task="negatives")
     batch = negatives_collate(tokenizer)([data[i] for i in range(6)])
     torch.manual_seed(0)
@@ -229,6 +230,30 @@ def test_embeddings_are_unit_vectors_of_the_shared_width():
     assert image_emb.shape == text_emb.shape == (3, 16)
     assert_close(image_emb.norm(dim=-1), torch.ones(3))
     assert_close(text_emb.norm(dim=-1), torch.ones(3))
+    assert isinstance(model, DualEncoder) and isinstance(model, PairScorer) and model.max_text_len == 64
+
+
+def test_as_a_pair_scorer_clip_gives_each_image_the_cosine_with_its_own_text():
+    torch.manual_seed(0)
+    model = CLIP(tiny_config()).eval()
+    images, (ids, mask) = torch.randn(3, 3, 32, 32), captions_batch()
+    with torch.no_grad():
+        logits_per_image, _ = model(images, ids, mask)
+        assert_close(model.score(images, ids, mask), logits_per_image.diagonal() / model.scale)
+
+
+def test_the_harness_embeds_in_batches_what_the_model_embeds_at_once(tok):
+    """`evaluate.embed_images` / `embed_texts` (what every dual-encoder number is measured with): uint8 images and
+    strings in, the model's unit vectors out, the same in batches of 2 as in one batch."""
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(vocab_size=len(tok))).eval()
+    data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=5)
+    texts = [data.text(i) for i in range(5)]
+    text = encode_texts(tok, texts)
+    with torch.no_grad():
+        images, captions = model.encode_image(to_float(data.images)), model.encode_text(text.input_ids, text.attention_mask)
+    assert_close(embed_images(model, data.images, batch_size=2), images, atol=1e-6, rtol=1e-5)
+    assert_close(embed_texts(model, tok, texts, batch_size=2), captions, atol=1e-6, rtol=1e-5)
 
 
 def test_grid_pooling_projects_the_flattened_patch_grid():
@@ -259,7 +284,7 @@ def test_text_is_pooled_at_its_last_real_token(causal):
     with torch.no_grad():
         batched = model.encode_text(ids, mask)  # row 2 (4 tokens) is padded to 9
         alone = model.encode_text(ids[2:, :4], mask[2:, :4])
-        hidden = model.text_tower(ids, mask)  # [3, 9, D]
+        hidden = model.text_tower(input_ids=ids, attention_mask=mask)  # [3, 9, D]
         by_hand = F.normalize(model.text_proj(hidden[torch.arange(3), torch.tensor([5, 8, 3])]), dim=-1)
         other_padding = model.encode_text(ids.masked_fill(mask == 0, 7), mask)
     assert_close(batched, by_hand)
@@ -267,8 +292,8 @@ def test_text_is_pooled_at_its_last_real_token(causal):
     assert_close(batched, other_padding, atol=1e-6, rtol=1e-5)
 
 
-def test_zero_shot_classifier_averages_normalised_prompts():
-    tokenizer = load_tokenizer()
+def test_zero_shot_classifier_averages_normalised_prompts(tok):
+    tokenizer = tok
     model = CLIP(tiny_config(vocab_size=len(tokenizer))).eval()
     classnames, templates = ["red circle", "blue square", "green star"], ["a {}", "a picture of a {}"]
     classifier = zero_shot_classifier(model, tokenizer, classnames, templates)
@@ -285,8 +310,8 @@ def test_zero_shot_classifier_averages_normalised_prompts():
 # ---------------------------------------------------------------- it learns
 
 
-def test_tiny_clip_learns_eight_shapes_world_pairs():
-    tokenizer = load_tokenizer()
+def test_tiny_clip_learns_eight_shapes_world_pairs(tok):
+    tokenizer = tok
     data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=8)
     assert len({data.text(i) for i in range(8)}) == 8  # every caption names its own image
     batch = caption_collate(tokenizer)([data[i] for i in range(8)])
@@ -309,7 +334,7 @@ class ColourOracle(torch.nn.Module):
         super().__init__()
         self.tokenizer, self.colours = tokenizer, colours
         self.logit_scale = torch.nn.Parameter(torch.zeros(()))
-        self.config = tiny_config()
+        self.max_text_len = tiny_config().text.max_len
 
     def encode_text(self, input_ids, attention_mask=None):
         words = [self.tokenizer.decode(row, skip_special_tokens=True).split() for row in input_ids]
@@ -317,12 +342,8 @@ class ColourOracle(torch.nn.Module):
                                       len(self.colours)).float() for ws in words])
 
 
-def test_zero_shot_attribute_is_exact_for_a_colour_oracle_and_chance_for_shapes():
-    from vlmlab.data.evalsets import single_objects
-    from vlmlab.data.shapes import COLORS
-    from vlmlab.strategies.clip import zero_shot_attribute
-
-    tokenizer = load_tokenizer()
+def test_zero_shot_attribute_is_exact_for_a_colour_oracle_and_chance_for_shapes(tok):
+    tokenizer = tok
     scenes = single_objects(seed=0, n=60)
     oracle = ColourOracle(tokenizer, COLORS)
     image_emb = F.one_hot(torch.tensor([COLORS.index(s.objects[0].color) for s in scenes]), len(COLORS)).float()
@@ -331,11 +352,9 @@ def test_zero_shot_attribute_is_exact_for_a_colour_oracle_and_chance_for_shapes(
     assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "shape") < 0.4  # every shape class looks alike
 
 
-def test_measure_reports_every_benchmark_in_range():
-    from vlmlab.strategies.clip import ShapesBenchmarks, measure
-
-    tokenizer = load_tokenizer()
-    bench = ShapesBenchmarks.build(seed=0, n=40, image_size=32)
+def test_measure_reports_every_benchmark_in_range(tok):
+    tokenizer = tok
+    bench = DualEncoderBench.build(seed=0, n=40, image_size=32)
     assert {k: len(v) for k, v in bench.images.items()} == {"retrieval": 40, "single": 40, "heldout": 20,
                                                             "relation_swap": 40, "attribute_swap": 40}
     torch.manual_seed(0)

@@ -53,3 +53,28 @@ def test_vqa_questions_ask_about_their_scene_k_times():
     assert len(qas) == 60 and index == [i for i in range(20) for _ in range(3)]
     assert all(qa in language.vqa_pairs(scenes[i]) for i, qa in zip(index, qas))
     assert all(s.split == "test" for s in scenes) and evalsets.generation_scenes(seed=0, n=20) == scenes
+
+
+def test_dual_encoder_bench_renders_every_set_once():
+    bench = evalsets.DualEncoderBench.build(seed=0, n=12, image_size=32)
+    assert bench.retrieval == evalsets.distinct_caption_scenes(0, 12) and bench.single == evalsets.single_objects(0, 12)
+    assert bench.heldout == evalsets.heldout_objects(0, 6) and set(bench.swaps) == {"relation_swap", "attribute_swap"}
+    assert set(bench.images) == {"retrieval", "single", "heldout", "relation_swap", "attribute_swap"}
+    assert torch.equal(bench.images["single"], evalsets.images_of(bench.single, 32))
+    assert torch.equal(bench.images["relation_swap"], evalsets.images_of(bench.swaps["relation_swap"].scenes, 32))
+
+
+def test_scene_bench_has_its_scenes_images_and_questions():
+    bench = evalsets.SceneBench.build(seed=1, n=10, image_size=32, questions_per_scene=2)
+    assert bench.scenes == evalsets.generation_scenes(1, 10) and bench.images.shape == (10, 3, 32, 32)
+    index, qas = evalsets.vqa_questions(bench.scenes, k=2)
+    assert bench.question_scene == index and bench.questions == qas and len(qas) == 20
+
+
+def test_build_from_a_spec_gives_the_same_bench_again():
+    spec = {"kind": "scenes", "seed": 0, "n": 5, "image_size": 32}
+    a, b = evalsets.build(spec), evalsets.SceneBench.build(seed=0, n=5, image_size=32)
+    assert isinstance(a, evalsets.SceneBench) and a.scenes == b.scenes and torch.equal(a.images, b.images)
+    assert isinstance(evalsets.build({"kind": "dual_encoder", "seed": 0, "n": 4, "image_size": 32}), evalsets.DualEncoderBench)
+    with pytest.raises(ValueError, match=r"kind='shapes' is not one of \['dual_encoder', 'scenes'\]"):
+        evalsets.build({"kind": "shapes", "n": 5})

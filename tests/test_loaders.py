@@ -17,9 +17,7 @@ from vlmlab.data.loaders import (
     vqa_collate,
 )
 from vlmlab.data.shapes import ShapesWorld, render_array
-from vlmlab.tokenizer import load_tokenizer
 
-TOK = load_tokenizer()
 WORLD = ShapesWorld(seed=0, image_size=32)
 
 
@@ -34,42 +32,45 @@ def test_to_float_range():
     assert x.tolist() == [-1.0, 1.0]
 
 
-def test_encode_texts_pads_masks_and_labels_only_targets():
-    batch = encode_texts(TOK, ["question: what color is the star? answer:", "q"], [" red", " there is no star"])
+def test_encode_texts_pads_masks_and_labels_only_targets(tok):
+    batch = encode_texts(tok, ["question: what color is the star? answer:", "q"], [" red", " there is no star"])
     assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape
     for row in range(2):
         n = int(batch.attention_mask[row].sum())
-        assert (batch.input_ids[row, n:] == TOK.pad_token_id).all()
+        assert (batch.input_ids[row, n:] == tok.pad_token_id).all()
         assert (batch.labels[row, n:] == IGNORE_INDEX).all()
         targets = batch.labels[row][batch.labels[row] != IGNORE_INDEX]
-        assert targets[-1] == TOK.eos_token_id
-    assert TOK.decode(batch.labels[0][batch.labels[0] != IGNORE_INDEX][:-1]) == " red"
+        assert targets[-1] == tok.eos_token_id
+    assert tok.decode(batch.labels[0][batch.labels[0] != IGNORE_INDEX][:-1]) == " red"
 
 
-def test_plain_lm_labels_equal_inputs_on_real_tokens():
-    batch = encode_texts(TOK, ["a red star", "a small blue circle left of a red star"])
+def test_plain_lm_labels_equal_inputs_on_real_tokens(tok):
+    batch = encode_texts(tok, ["a red star", "a small blue circle left of a red star"])
     real = batch.attention_mask.bool()
     assert torch.equal(batch.labels[real], batch.input_ids[real])
-    assert batch.input_ids[0, 0] == TOK.bos_token_id
+    assert batch.input_ids[0, 0] == tok.bos_token_id
 
 
-def test_step_batches_are_a_function_of_seed_and_step():
+def test_step_batches_are_a_function_of_seed_and_step(tok):
     ds = ShapesDataset(WORLD, "train", 30)
-    a = StepBatches(ds, 4, caption_collate(TOK), seed=1)
-    b = StepBatches(ds, 4, caption_collate(TOK), seed=1)
+    a = StepBatches(ds, 4, caption_collate(tok), seed=1)
+    b = StepBatches(ds, 4, caption_collate(tok), seed=1)
     assert torch.equal(a(9)["index"], b(9)["index"])  # same step, same batch, any call order
-    assert not torch.equal(a(0)["index"], StepBatches(ds, 4, caption_collate(TOK), seed=2)(0)["index"])
+    assert not torch.equal(a(0)["index"], StepBatches(ds, 4, caption_collate(tok), seed=2)(0)["index"])
     epoch = torch.cat([a(s)["index"] for s in range(a.steps_per_epoch)])
     assert len(set(epoch.tolist())) == len(epoch) == 28  # each item at most once per epoch
 
 
-def test_vqa_collate_uses_the_question_as_prompt():
+def test_vqa_collate_uses_the_question_as_prompt(tok):
     ds = ShapesDataset(WORLD, "test", 8, task="vqa")
-    batch = StepBatches(ds, 8, vqa_collate(TOK))(0)
+    batch = StepBatches(ds, 8, vqa_collate(tok))(0)
     assert batch["images"].shape == (8, 3, 32, 32)
     item = ds[int(batch["index"][0])]
     answer = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX][:-1]
-    assert TOK.decode(answer).strip() == item["answer"]
+    assert tok.decode(answer) == " " + item["answer"]
+    prompt = batch["input_ids"][0][(batch["labels"][0] == IGNORE_INDEX) & (batch["attention_mask"][0] == 1)]
+    assert prompt[0] == tok.bos_token_id and tok.decode(prompt[1:]) == item["question"]  # the question itself
+    assert item["question"].endswith("?")
 
 
 def test_length_buckets_group_short_with_short_and_keep_every_item():
@@ -80,24 +81,39 @@ def test_length_buckets_group_short_with_short_and_keep_every_item():
         length_buckets(torch.arange(6), lengths, 7)
 
 
-def test_bad_arguments_are_named():
+def test_bad_arguments_are_named(tok):
     with pytest.raises(ValueError, match="task='poems'"):
         ShapesDataset(WORLD, "train", 5, task="poems")
     with pytest.raises(ValueError, match="batch_size=10"):
-        StepBatches(ShapesDataset(WORLD, "train", 5), 10, caption_collate(TOK))
+        StepBatches(ShapesDataset(WORLD, "train", 5), 10, caption_collate(tok))
 
 
-def test_indexed_collate_trims_padding_to_the_batch():
+def test_indexed_collate_trims_padding_to_the_batch(tok):
     images = torch.arange(3 * 3 * 2 * 2, dtype=torch.uint8).view(3, 3, 2, 2)
-    text = encode_texts(TOK, ["a star", "a large red star left of a small blue circle", "a circle"])
+    text = encode_texts(tok, ["a star", "a large red star left of a small blue circle", "a circle"])
     batch = StepBatches(range(3), 2, indexed_collate(images, text), seed=0)(0)
     rows = batch["index"].tolist()
     assert torch.equal(batch["images"], images[rows])
     width = int(text.attention_mask[rows].sum(1).max())
     assert batch["input_ids"].shape == (2, width) and batch["attention_mask"][:, -1].any()
     assert torch.equal(batch["input_ids"], text.input_ids[rows, :width])
-    with pytest.raises(ValueError, match="3 images but 2 texts"):
-        indexed_collate(images, encode_texts(TOK, ["a", "b"]))
+    with pytest.raises(ValueError, match="3 inputs but 2 texts"):
+        indexed_collate(images, encode_texts(tok, ["a", "b"]))
+
+
+def test_indexed_collate_under_another_key_with_several_texts_per_input(tok):
+    features = torch.randn(2, 9, 20)
+    text = encode_texts(tok, ["a star", "a circle", "is there a star?", "two"])
+    rows = torch.tensor([0, 0, 1, 1])  # two texts per image
+    collate = indexed_collate(features, text, key="image_features", rows=rows)
+    batch = collate([3, 0, 2])
+    assert "images" not in batch and torch.equal(batch["image_features"], features[[1, 0, 1]])
+    assert batch["index"].tolist() == [3, 0, 2]
+    width = int(text.attention_mask[[3, 0, 2]].sum(1).max())
+    assert torch.equal(batch["input_ids"], text.input_ids[[3, 0, 2], :width])
+    assert torch.equal(batch["labels"], text.labels[[3, 0, 2], :width])
+    with pytest.raises(ValueError, match="2 inputs but 4 texts"):
+        indexed_collate(features, text)
 
 
 def test_corrupt_captions_replaces_exactly_the_fraction_with_other_items_captions():
@@ -113,13 +129,13 @@ def test_corrupt_captions_replaces_exactly_the_fraction_with_other_items_caption
             corrupt_captions(texts, bad)
 
 
-def test_negatives_collate_adds_one_true_hard_negative_per_item():
+def test_negatives_collate_adds_one_true_hard_negative_per_item(tok):
     ds = ShapesDataset(WORLD, "train", 16, task="negatives")
-    batch = negatives_collate(TOK)([ds[i] for i in range(16)])
+    batch = negatives_collate(tok)([ds[i] for i in range(16)])
     assert batch["negative_input_ids"].shape[0] == 16 and batch["negative_attention_mask"].shape[0] == 16
     for i in range(16):
-        negative = TOK.decode(batch["negative_input_ids"][i], skip_special_tokens=True)
+        negative = tok.decode(batch["negative_input_ids"][i], skip_special_tokens=True)
         assert negative.strip() in ds[i]["negatives"]
-        assert negative.strip() != TOK.decode(batch["input_ids"][i], skip_special_tokens=True).strip()
-    again = negatives_collate(TOK)([ds[i] for i in range(16)])
+        assert negative.strip() != tok.decode(batch["input_ids"][i], skip_special_tokens=True).strip()
+    again = negatives_collate(tok)([ds[i] for i in range(16)])
     assert torch.equal(again["negative_input_ids"], batch["negative_input_ids"])  # a function of the index

@@ -1,7 +1,6 @@
-"""vlmlab.nn and vlmlab.generation: attention paths and masks, blocks, ViT, text models, KV cache,
-generation strategies, BERT masking, and a tiny LM that learns."""
+"""vlmlab.nn and vlmlab.mlm: attention paths and masks, blocks, ViT, text models, the KV cache, BERT masking,
+and a tiny LM that learns. The decoding loop is tested in test_generation.py."""
 
-import itertools
 import math
 
 import pytest
@@ -9,28 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from vlmlab.generation import generate, sample_token
-from vlmlab.nn import (
-    MLP,
-    Block,
-    CausalLM,
+from vlmlab.attention import (
+    Cache,
     KVCache,
-    LMOutput,
-    MLMHead,
     MultiHeadAttention,
-    PatchEmbed,
-    TextConfig,
-    TextTransformer,
-    ViT,
-    ViTConfig,
     attention,
     attention_weights,
     causal_mask,
     combine_masks,
-    mask_tokens,
-    next_token_loss,
     padding_mask,
+    prefix_mask,
 )
+from vlmlab.mlm import MLMHead, mask_tokens
+from vlmlab.nn import MLP, Block, CausalLM, PatchEmbed, TextConfig, TextTransformer, ViT, ViTConfig, next_token_loss
 
 V = 40  # vocabulary of the tiny language models
 
@@ -141,6 +131,11 @@ def test_cross_attention_ignores_masked_context():
     assert_close(attn(x, context=changed, mask=context_mask), out)
     changed[0, 0] += 1.0  # a real context position does matter
     assert not torch.allclose(attn(x, context=changed, mask=context_mask)[0], out[0])
+    block = Block(32, 4, cross_attention=True, kv_dim=24).eval()  # the block hands context_mask to its cross-attention
+    out = block(x, context=context, context_mask=context_mask)
+    changed = context.clone()
+    changed[0, 6:] = torch.randn(3, 24)
+    assert_close(block(x, context=changed, context_mask=context_mask), out)
 
 
 def test_padded_keys_never_change_real_outputs():
@@ -148,21 +143,21 @@ def test_padded_keys_never_change_real_outputs():
     model = TextTransformer(TextConfig(vocab_size=V, dim=32, depth=2, n_heads=4)).eval()
     ids = torch.randint(8, V, (2, 7))
     attention_mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7])
-    hidden = model(ids, attention_mask)
+    hidden = model(input_ids=ids, attention_mask=attention_mask)
     changed = ids.clone()
     changed[0, 4:] = torch.tensor([1, 2, 3])
-    assert_close(model(changed, attention_mask)[0, :4], hidden[0, :4])
+    assert_close(model(input_ids=changed, attention_mask=attention_mask)[0, :4], hidden[0, :4])
     changed[0, 3] = 5  # bidirectional: a real token changes every real output
-    assert not torch.allclose(model(changed, attention_mask)[0, 0], hidden[0, 0])
+    assert not torch.allclose(model(input_ids=changed, attention_mask=attention_mask)[0, 0], hidden[0, 0])
 
 
 def test_causal_future_tokens_do_not_change_the_past():
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 8))
-    logits = model(ids).logits
+    logits = model(input_ids=ids).logits
     changed = ids.clone()
     changed[:, 5] = (changed[:, 5] + 1) % V
-    new = model(changed).logits
+    new = model(input_ids=changed).logits
     assert_close(new[:, :5], logits[:, :5])
     assert not torch.allclose(new[:, 5], logits[:, 5])
 
@@ -170,11 +165,11 @@ def test_causal_future_tokens_do_not_change_the_past():
 def test_reference_path_model_equals_sdpa_model():
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 8))
-    logits = model(ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])).logits
+    logits = model(input_ids=ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])).logits
     for module in model.modules():
         if isinstance(module, MultiHeadAttention):
             module.use_sdpa = False
-    assert_close(model(ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])).logits, logits)
+    assert_close(model(input_ids=ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])).logits, logits)
 
 
 # ---------------------------------------------------------------------------------- ViT
@@ -208,31 +203,81 @@ def test_patch_embed_raster_order():
 def test_text_transformer_inputs_embeds_equals_input_ids():
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 6))
-    assert_close(model(inputs_embeds=model.embed(ids)).logits, model(ids).logits)
+    assert_close(model(inputs_embeds=model.embed(ids)).logits, model(input_ids=ids).logits)
     encoder = TextTransformer(TextConfig(vocab_size=V, dim=32, depth=1, n_heads=4))
-    assert_close(encoder(inputs_embeds=encoder.tok_emb(ids)), encoder(ids))
+    assert_close(encoder(inputs_embeds=encoder.tok_emb(ids)), encoder(input_ids=ids))
     with pytest.raises(ValueError, match="exactly one"):
-        model(ids, inputs_embeds=model.embed(ids))
+        model(input_ids=ids, inputs_embeds=model.embed(ids))
 
 
 def test_max_len_and_mask_shape_are_checked():
     model = tiny_lm()
     with pytest.raises(ValueError, match="max_len=32"):
-        model(torch.zeros(1, 33, dtype=torch.long))
+        model(input_ids=torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask.shape"):
-        model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
+        model(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
+
+
+def test_models_take_keyword_arguments_only():
+    model, ids = tiny_lm(), torch.randint(0, V, (1, 4))
+    with pytest.raises(TypeError):
+        model(ids)
+    with pytest.raises(TypeError):
+        model.transformer(ids)
+    with pytest.raises(TypeError):
+        Block(32, 4)(torch.randn(1, 4, 32), causal_mask(4))
+    with pytest.raises(TypeError):
+        MultiHeadAttention(32, 4)(torch.randn(1, 4, 32), torch.randn(1, 2, 32))
+
+
+def test_a_ready_bool_mask_is_used_as_it_is():
+    """A [B, 1, T, S] bool mask built from prefix_mask and padding_mask, with explicit positions: with no prefix it
+    equals the [B, S] padding mask path; with a prefix, tokens inside it see each other both ways."""
+    model = tiny_lm()
+    ids = torch.randint(0, V, (2, 6))
+    attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    expected = model(input_ids=ids, attention_mask=attention_mask).logits
+    ready = prefix_mask(6, prefix_len=0) & padding_mask(attention_mask)  # [2, 1, 6, 6]
+    assert ready.shape == (2, 1, 6, 6)
+    assert_close(model(input_ids=ids, attention_mask=ready, position_ids=positions).logits[1], expected[1])
+    assert_close(model(input_ids=ids, attention_mask=ready, position_ids=positions).logits[0, 2:], expected[0, 2:])
+    with pytest.raises(ValueError, match="position_ids"):
+        model(input_ids=ids, attention_mask=ready)
+    bidirectional = prefix_mask(6, prefix_len=3) & padding_mask(torch.ones(2, 6))
+    first = model(input_ids=ids, attention_mask=bidirectional, position_ids=positions).logits
+    changed = ids.clone()
+    changed[:, 2] = (changed[:, 2] + 1) % V
+    second = model(input_ids=changed, attention_mask=bidirectional, position_ids=positions).logits
+    assert not torch.allclose(second[:, 0], first[:, 0])  # position 0 sees position 2 inside the prefix
+    changed = ids.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % V
+    assert_close(model(input_ids=changed, attention_mask=bidirectional, position_ids=positions).logits[:, :4],
+                 first[:, :4])  # after the prefix it is causal
+
+
+def test_from_config_rebuilds_the_same_architecture():
+    model = tiny_lm()
+    again = CausalLM.from_config(vars(model.config))
+    again.load_state_dict(model.state_dict())
+    ids = torch.randint(0, V, (2, 5))
+    assert_close(again.eval()(input_ids=ids).logits, model(input_ids=ids).logits)
+    vit = ViT.from_config({"image_size": 32, "patch_size": 8, "dim": 32, "depth": 1, "n_heads": 4})
+    assert vit.grid == (4, 4) and vit.config.dim == 32
+    encoder = TextTransformer.from_config({"vocab_size": V, "dim": 32, "depth": 1, "n_heads": 4})
+    assert not encoder.config.causal and len(encoder.blocks) == 1
 
 
 def test_kv_cache_decoding_equals_full_forward():
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 9))
-    full = model(ids).logits
-    out = model(ids[:, :4], use_cache=True)
+    full = model(input_ids=ids).logits
+    out = model(input_ids=ids[:, :4], use_cache=True)
     steps = [out.logits]
     for t in range(4, 9):
-        out = model(ids[:, t : t + 1], past_key_values=out.past_key_values)
+        out = model(input_ids=ids[:, t : t + 1], cache=out.cache)
         steps.append(out.logits)
-    assert len(out.past_key_values) == 2 and len(out.past_key_values[0]) == 9
+    assert isinstance(out.cache, Cache) and len(out.cache.layers) == 2 and len(out.cache) == 9
     assert_close(torch.cat(steps, dim=1), full)
 
 
@@ -244,7 +289,7 @@ def test_kv_cache_after_an_embedded_prefix():
     out = model(inputs_embeds=prefix, use_cache=True)
     steps = [out.logits]
     for t in range(4):
-        out = model(ids[:, t : t + 1], past_key_values=out.past_key_values)
+        out = model(input_ids=ids[:, t : t + 1], cache=out.cache)
         steps.append(out.logits)
     assert_close(torch.cat(steps, dim=1), full)
 
@@ -259,6 +304,18 @@ def test_kv_cache_select_keeps_rows():
     assert_close(cache.k[:, :, :4], k[[2, 2, 0]])
 
 
+def test_cache_select_keeps_rows_in_every_layer():
+    cache = Cache(3)
+    k, v = torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8)
+    for layer, kv_cache in enumerate(cache.layers):
+        kv_cache.update(k + layer, v - layer)
+    assert len(cache) == 4 and len(cache.layers) == 3
+    cache.select(torch.tensor([1, 0]))
+    for layer, kv_cache in enumerate(cache.layers):
+        assert_close(kv_cache.k, (k + layer)[[1, 0]])
+        assert_close(kv_cache.v, (v - layer)[[1, 0]])
+
+
 def test_next_token_loss_hand_computed():
     uniform = torch.zeros(1, 4, 5)
     labels = torch.tensor([[3, 1, -100, 2]])
@@ -268,7 +325,7 @@ def test_next_token_loss_hand_computed():
     assert next_token_loss(logits, torch.tensor([[0, 1, 4]])) < 1e-6
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 6))
-    out = model(ids, labels=ids)
+    out = model(input_ids=ids, labels=ids)
     assert_close(out.loss, F.cross_entropy(out.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1)))
 
 
@@ -278,148 +335,11 @@ def test_tiny_lm_memorises_a_sequence():
     ids = torch.randint(0, 16, (1, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(100):
-        loss = model(ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
-
-
-# ---------------------------------------------------------------------------------- generation
-
-
-class Bigram(torch.nn.Module):
-    """A hand-made 'language model': the next-token logits are table[last token]."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = table  # [V, V]
-
-    def embed(self, ids):
-        return F.one_hot(ids, self.table.size(0)).float()
-
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, past_key_values=None, use_cache=False):
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        return LMOutput(logits=x @ self.table, past_key_values=[] if use_cache else None)
-
-
-def sequence_logprob(table, start, tokens):
-    logprobs = table.log_softmax(-1)
-    return sum(logprobs[a, b].item() for a, b in zip([start, *tokens[:-1]], tokens))
-
-
-def test_greedy_same_with_and_without_cache():
-    model = tiny_lm()
-    ids = torch.randint(0, V, (3, 5))
-    cached = generate(model, ids, max_new_tokens=12)
-    assert cached.shape == (3, 12) and len(cached.unique()) > 5  # the test model does not just repeat itself
-    assert torch.equal(generate(model, ids, max_new_tokens=12, use_cache=False), cached)
-
-
-def test_greedy_is_argmax_of_full_forward():
-    model = tiny_lm()
-    ids = torch.randint(0, V, (2, 4))
-    new = generate(model, ids, max_new_tokens=3)
-    seq = torch.cat([ids, new], dim=1)
-    assert torch.equal(model(seq).logits[:, 3:-1].argmax(-1), new)
-
-
-def test_beam_of_one_is_greedy():
-    model = tiny_lm()
-    ids = torch.randint(0, V, (3, 5))
-    greedy = generate(model, ids, max_new_tokens=10)
-    assert torch.equal(generate(model, ids, max_new_tokens=10, strategy="beam", num_beams=1), greedy)
-    assert torch.equal(generate(model, ids, max_new_tokens=10, strategy="beam", num_beams=1, use_cache=False), greedy)
-
-
-def test_beam_escapes_the_greedy_trap():
-    """From token 0: A=1 (p .6) or B=2 (p .4). After A every token is equally likely (.25); after B token 3 is
-    certain. Greedy takes A (best path .15); two beams find B, 3 (.4)."""
-    p = torch.full((4, 4), 1e-9)
-    p[0, 1], p[0, 2] = 0.6, 0.4
-    p[1] = 0.25
-    p[2, 3] = 1.0
-    p[3] = 0.25
-    model = Bigram(p.log())
-    start = torch.tensor([[0]])
-    assert generate(model, start, max_new_tokens=2)[0, 0].item() == 1
-    assert generate(model, start, max_new_tokens=2, strategy="beam", num_beams=2).tolist() == [[2, 3]]
-
-
-def test_wide_beam_finds_the_most_likely_sequence():
-    """With num_beams >= V ** (steps - 1) nothing is pruned, so beam search must match brute force."""
-    table = torch.randn(3, 3, generator=torch.Generator().manual_seed(0)) * 2
-    model = Bigram(table)
-    best = max(itertools.product(range(3), repeat=3), key=lambda seq: sequence_logprob(table, 0, seq))
-    beam = generate(model, torch.tensor([[0]]), max_new_tokens=3, strategy="beam", num_beams=9)
-    assert beam[0].tolist() == list(best)
-
-
-def test_beam_score_not_below_greedy_on_tiny_lm():
-    model = tiny_lm()
-    ids = torch.randint(0, V, (4, 3))
-
-    def logprob(new):
-        seq = torch.cat([ids, new], dim=1)
-        logprobs = model(seq).logits[:, 2:-1].log_softmax(-1)
-        return logprobs.gather(-1, new[..., None]).sum(dim=(1, 2))
-
-    greedy = generate(model, ids, max_new_tokens=6)
-    beam = generate(model, ids, max_new_tokens=6, strategy="beam", num_beams=4)
-    assert (logprob(beam) >= logprob(greedy) - 1e-5).all()
-
-
-def test_eos_then_padding_and_early_stop():
-    """Token 1 -> eos (3) surely; token 2 -> 2 forever. Row 0 ends after one token, row 1 runs to the limit."""
-    p = torch.full((4, 4), 1e-9)
-    p[1, 3], p[2, 2], p[3, 3] = 1.0, 1.0, 1.0
-    model = Bigram(p.log())
-    out = generate(model, torch.tensor([[1], [2]]), max_new_tokens=4, eos_token_id=3, pad_token_id=0)
-    assert out.tolist() == [[3, 0, 0, 0], [2, 2, 2, 2]]
-    assert generate(model, torch.tensor([[1]]), max_new_tokens=4, eos_token_id=3).tolist() == [[3]]  # stops early
-    beam = generate(model, torch.tensor([[1], [2]]), max_new_tokens=4, strategy="beam", num_beams=2, eos_token_id=3)
-    assert beam.tolist() == [[3, 0, 0, 0], [2, 2, 2, 2]]  # row 1 never ends, so no early stop
-
-
-def test_left_padded_batch_equals_one_prompt_at_a_time():
-    model = tiny_lm()
-    prompts = [torch.randint(1, V, (3,)), torch.randint(1, V, (6,))]
-    ids = torch.zeros(2, 6, dtype=torch.long)
-    attention_mask = torch.zeros(2, 6, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, 6 - len(prompt) :], attention_mask[row, 6 - len(prompt) :] = prompt, 1
-    for kw in ({}, {"use_cache": False}, {"strategy": "beam", "num_beams": 3}):
-        batched = generate(model, ids, attention_mask=attention_mask, max_new_tokens=8, **kw)
-        for row, prompt in enumerate(prompts):
-            assert torch.equal(batched[row], generate(model, prompt[None], max_new_tokens=8, **kw)[0]), kw
-    with pytest.raises(ValueError, match="left padding"):
-        generate(model, ids, attention_mask=attention_mask.flip(1))
-
-
-def test_sampling_reproducible_and_filtered():
-    model = tiny_lm()
-    ids = torch.randint(0, V, (2, 4))
-    draw = lambda seed, **kw: generate(model, ids, max_new_tokens=10, strategy="sample",
-                                       generator=torch.Generator().manual_seed(seed), **kw)
-    assert torch.equal(draw(0), draw(0))
-    assert not torch.equal(draw(0), draw(1))
-    assert torch.equal(draw(3, top_k=1), generate(model, ids, max_new_tokens=10))
-    assert torch.equal(draw(4, top_p=1e-6), generate(model, ids, max_new_tokens=10))
-    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).log_softmax(-1).repeat(2000, 1)  # p = .03 .09 .24 .64
-    g = torch.Generator().manual_seed(0)
-    assert set(sample_token(logits, top_k=2, generator=g).tolist()) == {2, 3}
-    assert set(sample_token(logits, top_p=0.8, generator=g).tolist()) == {2, 3}  # .64 < .8 <= .64 + .24
-    counts = torch.bincount(sample_token(logits, generator=g), minlength=4) / 2000
-    assert_close(counts, logits[0].exp(), atol=0.03, rtol=0)
-
-
-def test_generate_checks_arguments():
-    model = tiny_lm()
-    ids = torch.zeros(1, 2, dtype=torch.long)
-    for kw, name in [({"strategy": "topk"}, "strategy"), ({"temperature": 0}, "temperature"), ({"top_p": 0}, "top_p"),
-                     ({"num_beams": 0}, "num_beams"), ({"max_new_tokens": 0}, "max_new_tokens")]:
-        with pytest.raises(ValueError, match=name):
-            generate(model, ids, **kw)
 
 
 # ---------------------------------------------------------------------------------- BERT masking

@@ -1,6 +1,10 @@
-"""vlmlab.params: every check, its one-line message, profile defaults, PROFILE=auto and seeding."""
+"""vlmlab.params: every check, its one-line message, profile defaults, PROFILE=auto, PROFILE=gpu refused on a
+machine without CUDA, and seeding."""
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,10 +38,50 @@ def test_resolve_fills_profile_defaults_and_keeps_given_values():
     assert cfg.N_TRAIN == 64 and cfg.LR == 3e-4 and cfg.DECODE == "greedy"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert (cfg.profile, cfg.seed, cfg.train, cfg.device) == ("smoke", 0, True, device)
-    assert resolve(PROFILE="gpu").N_TRAIN == 40000
+    assert resolve(PROFILE="cpu").N_TRAIN == 4000
     assert resolve(N_TRAIN=7).N_TRAIN == 7
     assert dict(cfg) == cfg.as_dict() == {"PROFILE": "smoke", "SEED": 0, "TRAIN": True, "DEVICE": cfg.device,
                                           "N_TRAIN": 64, "LR": 3e-4, "DECODE": "greedy"}
+
+
+def test_gpu_profile_defaults_where_there_is_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = resolve(PROFILE="gpu")
+    assert cfg.N_TRAIN == 40000 and cfg.profile == "gpu" and cfg.device == "cuda"
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: PROFILE='gpu' is allowed here")
+GPU_REFUSED = "PROFILE='gpu' needs a CUDA GPU and torch sees none on this machine"
+
+
+@NO_CUDA
+def test_gpu_profile_is_refused_without_cuda():
+    message = error(PROFILE="gpu")
+    assert message.startswith(GPU_REFUSED) and "'cpu'" in message
+    with pytest.raises(ParameterError, match="PROFILE='gpu'"):
+        params.resolve_profile("gpu")
+
+
+@NO_CUDA
+def test_vlmlab_profile_gpu_is_refused_without_cuda(monkeypatch):
+    monkeypatch.setenv("VLMLAB_PROFILE", "gpu")
+    with pytest.raises(ParameterError, match="PROFILE='gpu'"):
+        params.resolve_profile("auto")
+    assert error(PROFILE="auto").startswith(GPU_REFUSED)
+    assert resolve(PROFILE="cpu").profile == "cpu"  # an explicit profile still wins
+
+
+@NO_CUDA
+def test_run_with_profile_gpu_is_refused_before_a_kernel_starts(tmp_path):
+    """Exit 2 and one line naming PROFILE, and no run folder: nothing was started."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "vlmlab", "run", "--profile", "gpu", "notebooks/00_shapes_world.ipynb",
+                             "--out", str(out)], capture_output=True, text=True, cwd=root, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {GPU_REFUSED}")
+    assert not out.exists()
 
 
 def test_common_parameters_take_their_defaults_when_not_passed():

@@ -1,5 +1,5 @@
 """Same weights, same numbers: Hugging Face GPT-2 and ViT (small random configs) against our CausalLM and ViT,
-through the converters that would also load real hub checkpoints."""
+through the converters of vlmlab.hf_convert that would also load real hub checkpoints."""
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTModel
 from transformers import ViTConfig as HFViTConfig
 
 from vlmlab.generation import generate
-from vlmlab.nn import CausalLM, TextConfig, ViT, from_hf_gpt2, from_hf_vit
+from vlmlab.hf_convert import from_hf_gpt2, from_hf_vit, load_exactly
+from vlmlab.nn import CausalLM, TextConfig, ViT
 
 EOS = 2
 
@@ -45,7 +46,7 @@ def test_gpt2_logits_match(gpt2_pair):
     hf, ours = gpt2_pair
     ids = torch.randint(0, 100, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        assert_close(ours(input_ids=ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_gpt2_logits_match_with_right_padding(gpt2_pair):
@@ -54,7 +55,7 @@ def test_gpt2_logits_match_with_right_padding(gpt2_pair):
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[0, 8:] = 0
     with torch.no_grad():
-        expected, got = hf(input_ids=ids, attention_mask=mask).logits, ours(ids, attention_mask=mask).logits
+        expected, got = hf(input_ids=ids, attention_mask=mask).logits, ours(input_ids=ids, attention_mask=mask).logits
     assert_close(got[0, :8], expected[0, :8], atol=1e-5, rtol=1e-5)
     assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
 
@@ -65,7 +66,7 @@ def test_gpt2_loss_matches(gpt2_pair):
     labels = ids.clone()
     labels[:, :5] = -100  # e.g. no loss on a prompt
     with torch.no_grad():
-        assert_close(ours(ids, labels=labels).loss, hf(input_ids=ids, labels=labels).loss, atol=1e-5, rtol=1e-5)
+        assert_close(ours(input_ids=ids, labels=labels).loss, hf(input_ids=ids, labels=labels).loss, atol=1e-5, rtol=1e-5)
 
 
 def test_gpt2_gradients_match(gpt2_pair):
@@ -74,7 +75,7 @@ def test_gpt2_gradients_match(gpt2_pair):
     hf.zero_grad()
     ours.zero_grad()
     hf(input_ids=ids, labels=ids).loss.backward()
-    ours(ids, labels=ids).loss.backward()
+    ours(input_ids=ids, labels=ids).loss.backward()
     assert_close(ours.transformer.tok_emb.weight.grad, hf.transformer.wte.weight.grad, atol=1e-5, rtol=1e-4)
     fc_grad = hf.transformer.h[0].mlp.c_fc.weight.grad.t()  # Conv1D stores [in, out]
     assert_close(ours.transformer.blocks[0].mlp.fc.weight.grad, fc_grad, atol=1e-5, rtol=1e-4)
@@ -95,7 +96,7 @@ def test_gpt2_generation_matches_with_left_padding(gpt2_pair, strategy):
     ids[0, :3], mask[0, :3] = 0, 0
     kw = {"num_beams": 3} if strategy == "beam" else {}
     expected = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, **kw)[:, 6:]
-    got = generate(ours, ids, attention_mask=mask, max_new_tokens=8, strategy=strategy, eos_token_id=EOS, **kw)
+    got = generate(ours, input_ids=ids, attention_mask=mask, max_new_tokens=8, strategy=strategy, eos_token_id=EOS, **kw)
     assert len(expected.unique()) > 5  # a real test: the model does not just repeat one token
     assert torch.equal(until_eos(got), until_eos(expected))
 
@@ -119,3 +120,13 @@ def test_converters_reject_other_models(gpt2_pair, vit_pair):
     config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=10, n_positions=8, activation_function="relu")
     with pytest.raises(ValueError, match="activation_function"):
         from_hf_gpt2(GPT2LMHeadModel(config))
+
+
+def test_load_exactly_refuses_an_incomplete_or_foreign_state():
+    model = CausalLM(TextConfig(vocab_size=10, max_len=8, dim=16, depth=1, n_heads=2))
+    state = model.state_dict()
+    assert load_exactly(CausalLM(model.config), state, "test") is not None
+    with pytest.raises(ValueError, match="test: conversion is incomplete: missing"):
+        load_exactly(CausalLM(model.config), {k: v for k, v in state.items() if "norm" not in k}, "test")
+    with pytest.raises(ValueError, match="unexpected"):
+        load_exactly(CausalLM(model.config), state | {"extra.weight": torch.zeros(1)}, "test")

@@ -224,3 +224,24 @@ def test_eval_does_not_change_training_even_if_it_draws_random_numbers():
     plain, _ = run()
     with_eval, h = run(eval_fn=lambda m: {"noise": torch.rand(1)}, eval_every=2)
     assert weights_equal(plain, with_eval) and len(h.evals) == STEPS // 2
+
+
+def test_fit_trains_a_captioner_with_the_generic_caption_loss(tok):
+    """Any Captioner trains with `protocols.caption_loss` on canonical batches (image_features, input_ids,
+    attention_mask, labels), and a frozen vision part stays untouched and in eval mode."""
+    from vlmlab.data.loaders import encode_texts, indexed_collate
+    from vlmlab.frozen import checksum, freeze
+    from vlmlab.protocols import caption_loss
+    from vlmlab.strategies.prefix_lm import Config, PrefixLM
+
+    torch.manual_seed(0)
+    vision = freeze(torch.nn.Linear(2, 2))  # stands in for a frozen tower: never called with features given
+    model = PrefixLM(Config(vocab_size=len(tok), vision_dim=6, n_image_tokens=4, text_len=12, dim=32, depth=1,
+                            n_heads=2), vision=vision)
+    features = torch.randn(8, 4, 6, generator=torch.Generator().manual_seed(0))
+    text = encode_texts(tok, ["", "", "a", "two"] * 2, ["a red star", "a blue circle", " large", " yes"] * 2, max_length=12)
+    collate = indexed_collate(features, text, key="image_features")
+    before = checksum(vision)
+    _, h = run(model, loss_fn=caption_loss, batches=lambda step: collate(list(range(8))), steps=30, lr=1e-2, warmup=0.0)
+    assert h.loss[-1] < 0.5 * h.loss[0], (h.loss[0], h.loss[-1])
+    assert checksum(vision) == before and not vision.training and model.training

@@ -1,35 +1,37 @@
-"""Notebook 01's objectives: cell targets, the caption entropy bound, re-measuring shipped backbones."""
+"""Notebook 01's objectives: cell targets, the caption entropy bound, region tokens and object lists, the frozen
+vision towers a config pins, and re-measuring saved backbones through the zoo."""
 
 import json
 import math
 from collections import Counter
-from dataclasses import asdict
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from vlmlab import zoo
+from vlmlab.data import evalsets
 from vlmlab.data.language import caption
-from vlmlab.data.loaders import ShapesDataset
+from vlmlab.data.loaders import ShapesDataset, to_float
 from vlmlab.data.shapes import COLORS, SHAPES, SIZES, Obj, Scene, ShapesWorld
-from vlmlab.nn import CausalLM, MLMHead, TextConfig, TextTransformer, ViT, ViTConfig
-from vlmlab.tokenizer import load_tokenizer
+from vlmlab.nn import CausalLM, TextTransformer, ViT, ViTConfig
 from vlmlab.unimodal import (
     ATTRIBUTES,
     CellProbe,
+    MaskedLM,
+    ObjectLister,
     RegionEncoder,
+    ViTFeatures,
     attribute_accuracy,
     caption_log_prob,
     cell_targets,
     grammar_perplexity,
+    measure,
     object_list,
     region_features,
-    remeasure,
     scene_parsing_loss,
-    verify_tiny,
+    vision_tower,
 )
-
-TOK = load_tokenizer()
 
 
 def test_cell_targets_of_a_hand_made_scene():
@@ -55,10 +57,10 @@ def test_caption_probability_matches_the_sampler():
     assert len(counts) == 98
 
 
-def test_grammar_perplexity_is_a_lower_bound_for_a_uniform_model():
+def test_grammar_perplexity_is_a_lower_bound_for_a_uniform_model(tok):
     scenes = ShapesWorld(seed=0).scenes(200, "test")
-    bound = grammar_perplexity(TOK, scenes)
-    assert 1.5 < bound < len(TOK)  # far below the perplexity of guessing uniformly over the vocabulary
+    bound = grammar_perplexity(tok, scenes)
+    assert 1.5 < bound < len(tok)  # far below the perplexity of guessing uniformly over the vocabulary
 
 
 def test_cell_probe_shapes_and_loss_falls_on_a_small_batch():
@@ -88,6 +90,8 @@ def test_region_tokens_are_the_probe_scores_of_each_cell():
     assert tokens.shape == (5, 9, encoder.dim) and encoder.dim == sum(len(v) + 1 for v in ATTRIBUTES.values())
     shape_scores = encoder.probe(vit(images.float() / 127.5 - 1).patches)["shape"]  # [5, 9, 8]
     torch.testing.assert_close(tokens[..., : shape_scores.size(-1)], shape_scores)
+    with torch.no_grad():  # the encoder itself reads float pixels in [-1, 1], the form every model takes
+        torch.testing.assert_close(encoder(to_float(images)), tokens)
 
 
 def test_the_object_list_names_the_objects_in_the_captions_order():
@@ -104,33 +108,55 @@ def test_the_object_list_names_the_objects_in_the_captions_order():
     assert objects[3].abs().sum() == 0 and count.tolist() == [0, 0, 1, 0]
 
 
-def _save_tiny(root):
-    torch.manual_seed(0)
-    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2))
-    probe = CellProbe(16, 16)
-    gpt_config = TextConfig(vocab_size=len(TOK), max_len=32, dim=16, depth=1, n_heads=2, causal=True)
-    bert_config = TextConfig(vocab_size=len(TOK), max_len=48, dim=16, depth=1, n_heads=2)
-    gpt, bert, head = CausalLM(gpt_config), TextTransformer(bert_config), MLMHead(16, len(TOK))
-    zoo.save_checkpoint("tiny-vit-probe", probe.state_dict(), {"n_patches": 16, "dim": 16}, root=root)
-    zoo.save_checkpoint("tiny-bert-head", head.state_dict(), {"dim": 16}, root=root)
-    zoo.save_checkpoint("tiny-vit", vit.state_dict(), asdict(vit.config), {"eval_seed": 0}, root=root)
-    zoo.save_checkpoint("tiny-gpt", gpt.state_dict(), asdict(gpt.config), {"eval_seed": 0}, root=root)
-    zoo.save_checkpoint("tiny-bert", bert.state_dict(), asdict(bert_config), {"eval_seed": 0}, root=root)
-    for name in ("tiny-vit", "tiny-gpt", "tiny-bert"):  # record what they measure, as notebook 01 does
-        record_path = root / f"{name}.json"
-        record = json.loads(record_path.read_text())
-        record["metrics"].update(remeasure(name, root))
-        record_path.write_text(json.dumps(record))
+def test_vision_towers_load_the_pinned_files_and_carry_their_spec(tiny_zoo):
+    pixels = to_float(ShapesDataset(ShapesWorld(seed=0), "train", 2).images)
+    expected = {"vit": (ViTFeatures, (2, 17, 16)), "regions": (RegionEncoder, (2, 9, 20)), "objects": (ObjectLister, (2, 76))}
+    for tower, (kind, shape) in expected.items():
+        name = "tiny-vit" if tower == "vit" else "tiny-vit-probe"
+        model = vision_tower({"tower": tower, **tiny_zoo[name]})
+        assert isinstance(model, kind) and model.spec == {"tower": tower, **tiny_zoo[name]}
+        assert not any(p.requires_grad for p in model.parameters()) and not model.training  # frozen
+        with torch.no_grad():
+            assert model(pixels).shape == shape
+    unpinned = vision_tower({"tower": "regions", "name": "tiny-vit-probe"})  # no hash: any file of that name
+    assert unpinned.spec["sha256"] == tiny_zoo["tiny-vit-probe"]["sha256"]
+    with pytest.raises(ValueError, match="'patches'"):
+        vision_tower({"tower": "patches", **tiny_zoo["tiny-vit"]})
 
 
-def test_verify_tiny_remeasures_and_catches_a_wrong_record(tmp_path):
-    _save_tiny(tmp_path)
-    for name in ("tiny-vit", "tiny-gpt", "tiny-bert"):
-        ok, message = verify_tiny(name, tmp_path)
+EVALSET = {"kind": "scenes", "seed": 0, "n": 40}
+
+
+def test_saved_backbones_remeasure_and_a_wrong_record_is_caught(tiny_zoo, tok, tmp_path):
+    """Notebook 01's measured models (the detector, the GPT, the BERT with its head) saved with what they measure
+    on an evaluation set: `zoo.verify` measures them again; a record claiming more than the model does fails."""
+    bench, root = evalsets.build(EVALSET), tmp_path / "zoo"
+    for name in ("tiny-vit-probe", "tiny-gpt", "tiny-bert-head"):
+        model, _ = zoo.load_model(name)
+        metrics = measure(model, tok, bench)
+        assert set(metrics) == {"tiny-vit-probe": {"shape_acc", "color_acc", "size_acc", "attr_acc", "occupancy_acc"},
+                                "tiny-gpt": {"val_ppl", "ppl_bound"}, "tiny-bert-head": {"mlm_acc"}}[name]
+        zoo.save_model(name, model, metrics, strategy="unimodal", evalset=EVALSET, root=root)
+        ok, message = zoo.verify(name, root)
         assert ok, message
-    record_path = tmp_path / "tiny-gpt.json"
+    record_path = root / "tiny-gpt.json"
     record = json.loads(record_path.read_text())
     record["metrics"]["val_ppl"] = 1.01  # a claim the model does not live up to
     record_path.write_text(json.dumps(record))
-    ok, message = verify_tiny("tiny-gpt", tmp_path)
+    ok, message = zoo.verify("tiny-gpt", root)
     assert not ok and "val_ppl: recorded 1.0100" in message
+    with pytest.raises(TypeError, match="ViT"):  # the bare ViT has no number of its own: its probe is measured
+        measure(zoo.load_model("tiny-vit")[0], tok, bench)
+
+
+def test_saved_heads_hold_only_what_they_trained_and_pin_their_backbone(tiny_zoo):
+    """tiny-vit-probe holds the probe and tiny-bert-head the MLM head; each pins the backbone it was trained on."""
+    for name, part, backbone, kind in (("tiny-vit-probe", "probe.", "tiny-vit", ViT),
+                                        ("tiny-bert-head", "head.", "tiny-bert", TextTransformer)):
+        state, record = zoo.load_checkpoint(name)
+        assert state and all(key.startswith(part) for key in state)
+        assert record["depends"] == {backbone: tiny_zoo[backbone]["sha256"]}
+        model, _ = zoo.load_model(name)
+        assert isinstance(model, RegionEncoder | MaskedLM) and isinstance(next(iter(model.frozen_parts().values())), kind)
+    gpt, record = zoo.load_model("tiny-gpt")
+    assert isinstance(gpt, CausalLM) and record["depends"] == {}

@@ -11,9 +11,9 @@ from vlmlab import viz  # noqa: E402
 from vlmlab.data.language import caption, hard_negatives, vqa_pairs  # noqa: E402
 from vlmlab.data.loaders import encode_texts  # noqa: E402
 from vlmlab.data.shapes import ShapesWorld, render_array  # noqa: E402
+from vlmlab.evaluate import zero_shot_classifier  # noqa: E402
 from vlmlab.nn import TextConfig, ViTConfig  # noqa: E402
-from vlmlab.strategies.clip import CLIP, CLIPConfig, zero_shot_classifier  # noqa: E402
-from vlmlab.tokenizer import load_tokenizer  # noqa: E402
+from vlmlab.strategies.clip import CLIP, Config  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402
     caption_explorer,
     caption_table,
@@ -28,14 +28,12 @@ from vlmlab.widgets import (  # noqa: E402
     zero_shot_probabilities,
 )
 
-TOK = load_tokenizer()
 
-
-def tiny_clip() -> CLIP:
+def tiny_clip(tok) -> CLIP:
     torch.manual_seed(0)
-    return CLIP(CLIPConfig(vision=ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2),
-                           text=TextConfig(vocab_size=len(TOK), max_len=32, dim=32, depth=1, n_heads=2, causal=True),
-                           embed_dim=16)).eval()
+    return CLIP(Config(vision=ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2),
+                       text=TextConfig(vocab_size=len(tok), max_len=32, dim=32, depth=1, n_heads=2, causal=True),
+                       embed_dim=16)).eval()
 
 
 def test_as_image_accepts_uint8_and_float_tensors():
@@ -79,21 +77,21 @@ def test_scene_explorer_updates_when_a_control_changes():
     assert html.value != before and html.value == describe_scene(ShapesWorld(seed=0, min_objects=2, max_objects=2).scene(5))
 
 
-def test_zero_shot_probabilities_are_the_softmax_of_scaled_cosines():
-    model, image = tiny_clip(), torch.from_numpy(render_array(ShapesWorld(seed=0).scene(0), 32)).permute(2, 0, 1)
+def test_zero_shot_probabilities_are_the_softmax_of_scaled_cosines(tok):
+    model, image = tiny_clip(tok), torch.from_numpy(render_array(ShapesWorld(seed=0).scene(0), 32)).permute(2, 0, 1)
     labels, templates = ["red", "blue", "green"], ["a {}", "a large {} star"]
-    probs = zero_shot_probabilities(model, TOK, image, labels, templates, temperature=0.05)
-    classes = zero_shot_classifier(model, TOK, labels, templates)
+    probs = zero_shot_probabilities(model, tok, image, labels, templates, temperature=0.05)
+    classes = zero_shot_classifier(model, tok, labels, templates)
     expected = (model.encode_image(image[None].float() / 127.5 - 1) @ classes.T / 0.05).softmax(-1)[0]
     assert list(probs) == labels and np.allclose(list(probs.values()), expected.tolist(), atol=1e-6)
-    flat = zero_shot_probabilities(model, TOK, image, labels, templates, temperature=100.0)
+    flat = zero_shot_probabilities(model, tok, image, labels, templates, temperature=100.0)
     assert max(flat.values()) - min(flat.values()) < 1e-3  # a huge temperature flattens the softmax
-    assert zero_shot_probabilities(model, TOK, image, [], templates, 1.0) == {}
+    assert zero_shot_probabilities(model, tok, image, [], templates, 1.0) == {}
     assert split_list(" red, ,blue ,", ",") == ["red", "blue"]
 
 
-def test_zero_shot_playground_redraws_bars_for_new_labels():
-    app = zero_shot_playground(tiny_clip(), TOK)
+def test_zero_shot_playground_redraws_bars_for_new_labels(tok):
+    app = zero_shot_playground(tiny_clip(tok), tok)
     labels = next(c for c in app.children if getattr(c, "description", "") == "labels")
     bars = app.children[-1].children[1]
     labels.value = "cat, dog"
@@ -101,19 +99,19 @@ def test_zero_shot_playground_redraws_bars_for_new_labels():
     assert "<td>cat</td>" in table and "<td>dog</td>" in table and "hexagon" not in table
 
 
-def test_retrieve_ranks_images_by_cosine_and_gallery_shows_k():
-    model = tiny_clip()
+def test_retrieve_ranks_images_by_cosine_and_gallery_shows_k(tok):
+    model = tiny_clip(tok)
     images = torch.stack([torch.from_numpy(render_array(ShapesWorld(seed=0).scene(i), 32)).permute(2, 0, 1)
                           for i in range(10)])
     with torch.no_grad():
         image_emb = model.encode_image(images.float() / 127.5 - 1)
-    indices, scores = retrieve(model, TOK, "a small red star", image_emb, k=4)
+    indices, scores = retrieve(model, tok, "a small red star", image_emb, k=4)
     assert len(indices) == 4 and scores == sorted(scores, reverse=True)
-    query = encode_texts(TOK, ["a small red star"], max_length=32)
+    query = encode_texts(tok, ["a small red star"], max_length=32)
     with torch.no_grad():
         text_emb = model.encode_text(query.input_ids, query.attention_mask)  # [1, E]
     assert indices[0] == int((image_emb @ text_emb[0]).argmax())
-    app = retrieval_gallery(model, TOK, images, k=3)
+    app = retrieval_gallery(model, tok, images, k=3)
     assert len(app.children[1].children) == 3
 
 

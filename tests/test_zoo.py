@@ -1,4 +1,5 @@
-"""The checkpoint store: exact round trips, hash and config checks, atomic writes, lookup order."""
+"""The checkpoint store: exact round trips, hash and config checks, atomic writes, lookup order, format-2 records,
+pinned dependencies, and models saved, rebuilt and measured again."""
 
 import json
 import os
@@ -7,14 +8,25 @@ from datetime import datetime
 import pytest
 import torch
 
-from vlmlab import zoo
+from vlmlab import unimodal, zoo
+from vlmlab.data.evalsets import SceneBench
+from vlmlab.nn import CausalLM
+from vlmlab.unimodal import RegionEncoder
 from vlmlab.zoo import (
     CheckpointError,
     CheckpointNotFound,
+    compare_metrics,
+    config_dict,
+    find_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_model,
+    ref_of,
+    refs_in,
     save_checkpoint,
+    save_model,
     sha256_file,
+    verify,
     verify_all,
 )
 
@@ -22,11 +34,10 @@ CONFIG = {"d_model": 64, "n_layer": 2, "act": "gelu", "sizes": [1, 2]}
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
+def cache(user_cache, tmp_path, monkeypatch):
     """A private user cache and an empty shipped folder for every test."""
-    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "shipped")
-    return tmp_path / "cache" / "checkpoints"
+    return user_cache
 
 
 def state():
@@ -41,13 +52,15 @@ def test_roundtrip_fp32_is_exact_and_record_is_complete(cache):
     loaded, record = load_checkpoint("tiny")
     for k, v in state().items():
         assert torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype
-    assert record["name"] == "tiny" and record["format"] == 1
+    assert record["name"] == "tiny" and record["format"] == 2
     assert record["config"] == CONFIG and record["metrics"] == {"acc": 0.5}
+    assert record["strategy"] is None and record["model"] is None and record["evalset"] is None and record["depends"] == {}
     assert record["sha256"] == sha256_file(path) and record["dtype"] == "float32"
     assert record["location"] == "user" and record["path"] == str(path)
     assert datetime.fromisoformat(record["created"]).tzinfo is not None
     on_disk = json.loads(path.with_suffix(".json").read_text())
-    assert set(on_disk) == {"name", "format", "config", "metrics", "sha256", "created", "dtype"}
+    assert set(on_disk) == {"name", "format", "strategy", "model", "config", "depends", "evalset", "metrics", "sha256",
+                            "created", "dtype"}
 
 
 def test_fp16_cast_touches_only_floating_tensors():
@@ -165,3 +178,120 @@ def test_bad_dtype_and_bad_values_are_refused(cache):
     with pytest.raises(TypeError, match="JSON values"):
         save_checkpoint("tiny", state(), {"f": object()})
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_a_format_1_record_is_refused_with_a_message(cache):
+    path = save_checkpoint("old", state(), CONFIG)
+    record = json.loads(path.with_suffix(".json").read_text())
+    old = {k: record[k] for k in ("name", "config", "metrics", "sha256", "created", "dtype")} | {"format": 1}
+    path.with_suffix(".json").write_text(json.dumps(old))
+    with pytest.raises(CheckpointError, match="old.json has format 1; this vlmlab reads format 2") as err:
+        load_checkpoint("old")
+    assert "run the notebook that made it again" in str(err.value)
+    assert "format 1" in list_checkpoints()[0]["error"]
+    assert [(name, ok) for name, ok, _ in verify_all()] == [("old", False)]
+
+
+# ---- pinned dependencies ----
+
+
+def test_a_pinned_sha256_finds_exactly_that_file(cache, tmp_path):
+    user = save_checkpoint("dep", {"x": torch.ones(1)}, CONFIG)
+    shipped = save_checkpoint("dep", {"x": torch.zeros(1)}, CONFIG, root=zoo.SHIPPED)
+    user_hash, shipped_hash = sha256_file(user), sha256_file(shipped)
+    assert find_checkpoint("dep") == user  # without a hash: the user cache first
+    assert find_checkpoint("dep", sha256=shipped_hash) == shipped
+    assert find_checkpoint("dep", sha256=user_hash) == user
+    loaded, record = load_checkpoint("dep", sha256=shipped_hash)
+    assert loaded["x"].item() == 0.0 and record["location"] == "shipped"
+    other = save_checkpoint("dep", {"x": torch.full((1,), 2.0)}, CONFIG, root=tmp_path / "elsewhere")
+    assert find_checkpoint("dep", root=tmp_path / "elsewhere", sha256=shipped_hash) == shipped  # root, then the rest
+    assert find_checkpoint("dep", root=tmp_path / "elsewhere", sha256=sha256_file(other)) == other
+    with pytest.raises(CheckpointError, match=r"checkpoint 'dep' with sha256 0{12}… is needed") as err:
+        find_checkpoint("dep", sha256="0" * 64)
+    message = str(err.value)
+    assert f"has {user_hash[:12]}" in message and f"has {shipped_hash[:12]}" in message and "git checkout" in message
+    assert not isinstance(err.value, CheckpointNotFound)
+
+
+def test_refs_in_a_config_become_the_records_depends():
+    config = {"lm": {"name": "tiny-gpt", "sha256": "a" * 64}, "towers": [{"tower": "regions", "name": "tiny-vit-probe",
+                                                                          "sha256": "b" * 64}],
+              "text": {"name": "smollm2-135m", "sha256": None}, "dim": 4}
+    assert refs_in(config) == {"tiny-gpt": "a" * 64, "tiny-vit-probe": "b" * 64}  # a pretrained package is not pinned
+    path = save_checkpoint("mapper", state(), config)
+    assert json.loads(path.with_suffix(".json").read_text())["depends"] == refs_in(config)
+    assert ref_of({"name": "x", "sha256": "c" * 64, "metrics": {}}) == {"name": "x", "sha256": "c" * 64}
+
+
+def test_config_dict_reads_every_kind_of_config():
+    from vlmlab.nn import TextConfig
+    from vlmlab.strategies.prefix_lm import Config
+
+    class WithDict(torch.nn.Module):
+        config = {"a": 1}
+
+    lm = CausalLM(TextConfig(vocab_size=10, max_len=8, dim=8, depth=1, n_heads=2))
+    assert config_dict(lm)["vocab_size"] == 10 and config_dict(lm)["causal"] is True  # a dataclass
+    prefix_lm = type("P", (), {"config": Config(vocab_size=10)})()
+    assert config_dict(prefix_lm) == Config(vocab_size=10).to_dict()  # to_dict()
+    assert config_dict(WithDict()) == {"a": 1}
+
+
+def test_compare_metrics_within_tolerance():
+    ok, message = compare_metrics({"acc": 0.90, "ppl": 3.00, "other": 1.0}, {"acc": 0.905, "ppl": 3.02})
+    assert ok and message == "re-measured acc 0.9050, ppl 3.0200"
+    ok, message = compare_metrics({"acc": 0.90, "ppl": 3.00}, {"acc": 0.92, "ppl": 3.05})
+    assert not ok and message == "metrics differ: acc: recorded 0.9000, measured 0.9200; ppl: recorded 3.0000, measured 3.0500"
+    assert compare_metrics({"ppl": 300.0}, {"ppl": 302.0})[0]  # relative above 1
+
+
+# ---- models: save_model, load_model, verify ----
+
+
+def test_save_model_and_load_model_rebuild_a_tiny_backbone(tiny_zoo, tok):
+    gpt, record = load_model("tiny-gpt")
+    assert isinstance(gpt, CausalLM) and record["strategy"] == "unimodal" and record["model"] == "CausalLM"
+    assert ref_of(record) == tiny_zoo["tiny-gpt"] and record["depends"] == {}
+    path = save_model("gpt-half", gpt, {"val_ppl": 1.0}, strategy="unimodal")  # fp16 by default
+    again, half = load_model("gpt-half")
+    assert half["dtype"] == "float16" and half["metrics"] == {"val_ppl": 1.0} and path.name == "gpt-half.safetensors"
+    assert all(p.dtype == torch.float32 for p in again.parameters())  # rebuilt in fp32
+    for (name, a), (_, b) in zip(gpt.state_dict().items(), again.state_dict().items()):
+        torch.testing.assert_close(b, a.half().float(), msg=name)
+
+
+def test_a_model_on_frozen_parts_saves_what_it_trains_and_pins_the_rest(tiny_zoo):
+    probe, record = load_model("tiny-vit-probe")
+    assert isinstance(probe, RegionEncoder) and record["depends"] == {"tiny-vit": tiny_zoo["tiny-vit"]["sha256"]}
+    saved, _ = load_checkpoint("tiny-vit-probe")
+    assert saved and not any(k.startswith("vit.") for k in saved)  # the ViT is pinned, not copied
+    vit, _ = load_model("tiny-vit")
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(probe.vit(pixels).hidden, vit(pixels).hidden)
+    torch.manual_seed(1)
+    save_model("tiny-vit", type(vit).from_config(config_dict(vit)), {}, strategy="unimodal", dtype=None)  # replaced
+    with pytest.raises(CheckpointError, match=r"checkpoint 'tiny-vit' with sha256 [0-9a-f]{12}… is needed"):
+        load_model("tiny-vit-probe")
+
+
+def test_load_model_refuses_a_record_it_cannot_rebuild():
+    save_checkpoint("stranger", state(), CONFIG, strategy="nonsense", model="Thing")
+    with pytest.raises(CheckpointError, match="names strategy 'nonsense' and model 'Thing', which this vlmlab does not have"):
+        load_model("stranger")
+
+
+def test_verify_measures_a_saved_model_again(tiny_zoo, tok):
+    spec = {"kind": "scenes", "seed": 0, "n": 8, "image_size": 64}
+    gpt, _ = load_model("tiny-gpt")
+    metrics = unimodal.measure(gpt, tok, SceneBench.build(seed=0, n=8, image_size=64))
+    save_model("measured", gpt, metrics, strategy="unimodal", evalset=spec, dtype=None)
+    save_model("misrecorded", gpt, metrics | {"val_ppl": metrics["val_ppl"] * 2}, strategy="unimodal", evalset=spec,
+               dtype=None)
+    ok, message = verify("measured")
+    assert ok and message.startswith("re-measured ") and "val_ppl" in message
+    ok, message = verify("misrecorded")
+    assert not ok and message.startswith("metrics differ: val_ppl: recorded")
+    results = {name: (ok, message) for name, ok, message in verify_all()}
+    assert results["measured"][0] and not results["misrecorded"][0] and results["tiny-gpt"] == (True, "user: hash ok")
+    assert all(message.endswith("hash ok") for _, _, message in verify_all(measure=False))

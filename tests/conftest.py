@@ -1,0 +1,51 @@
+"""Shared fixtures: the workbook's tokenizer, a user cache of one's own, and a tiny zoo of notebook-01 backbones
+(random weights, small sizes) that strategies can pin by hash, so a test builds and saves a real model in seconds."""
+
+import pytest
+import torch
+
+from vlmlab import zoo
+from vlmlab.mlm import MLMHead
+from vlmlab.nn import CausalLM, TextConfig, TextTransformer, ViT, ViTConfig
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.unimodal import CellProbe, MaskedLM, RegionEncoder
+
+torch.set_num_threads(1)  # two test workers share two cores
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture
+def user_cache(tmp_path, monkeypatch):
+    """An empty user cache for this test: checkpoints saved without a root go here, and only the shipped ones
+    are found besides."""
+    monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "checkpoints"
+
+
+def tiny_text_config(tok, causal: bool) -> TextConfig:
+    return TextConfig(vocab_size=len(tok), max_len=40, dim=32, depth=2, n_heads=2, causal=causal)
+
+
+@pytest.fixture
+def tiny_zoo(user_cache, tok):
+    """tiny-vit, tiny-vit-probe, tiny-gpt, tiny-bert and tiny-bert-head with random weights, saved to the user cache
+    the way notebook 01 saves them; returns their refs {name: {"name", "sha256"}}."""
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2))
+    gpt, bert = CausalLM(tiny_text_config(tok, True)), TextTransformer(tiny_text_config(tok, False))
+    refs = {}
+
+    def save(name, model, strategy="unimodal"):
+        path = zoo.save_model(name, model, {}, strategy=strategy, dtype=None)
+        refs[name] = {"name": name, "sha256": zoo.read_record(path)["sha256"]}
+
+    save("tiny-vit", vit)
+    save("tiny-vit-probe", RegionEncoder(vit, CellProbe(vit.patch_embed.n_patches, 16), refs["tiny-vit"]))
+    save("tiny-gpt", gpt)
+    save("tiny-bert", bert)
+    save("tiny-bert-head", MaskedLM(bert, MLMHead(32, len(tok)), refs["tiny-bert"]))
+    return refs

@@ -1,0 +1,124 @@
+"""The strategy contract, checked for every strategy in `strategies.REGISTRY`: the same names, a finite loss on a
+canonical batch, the protocols each model answers (unit vectors, B strings, B scores), and save -> load -> the same
+measurements. A new strategy must add a tiny builder here (the first test fails until it does)."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from vlmlab import protocols, runs, zoo
+from vlmlab.data import evalsets
+from vlmlab.data.language import caption
+from vlmlab.data.loaders import encode_texts, indexed_collate, to_float
+from vlmlab.generation import generate_text
+from vlmlab.nn import TextConfig, ViTConfig
+from vlmlab.strategies import REGISTRY, clip, frozen_prefix, lit, prefix_lm
+
+
+def tiny_clip(refs, tok):
+    config = clip.Config(vision=ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2),
+                         text=TextConfig(vocab_size=len(tok), max_len=40, dim=16, depth=1, n_heads=2, causal=True),
+                         embed_dim=8, image_pool="grid")
+    bench = evalsets.DualEncoderBench.build(seed=0, n=6)
+    text = encode_texts(tok, [caption(s) for s in bench.retrieval], max_length=40)
+    return clip.CLIP(config), indexed_collate(bench.images["retrieval"], text)(list(range(6))), bench
+
+
+def tiny_lit(refs, tok):
+    g = torch.Generator().manual_seed(0)
+    pairs = lit.FeaturePairs(torch.randn(6, 10, generator=g), torch.randn(6, 7, generator=g), [f"caption {i}" for i in range(6)])
+    batch = {"image_features": pairs.image_features, "text_features": pairs.text_features}
+    return lit.ProjectionHeads(lit.Config(image_dim=10, text_dim=7, embed_dim=8)), batch, pairs
+
+
+def scene_batch(tok, bench, key="images"):
+    text = encode_texts(tok, [""] * len(bench.scenes), [caption(s) for s in bench.scenes], max_length=30)
+    return indexed_collate(bench.images, text, key=key)(list(range(len(bench.scenes))))
+
+
+def tiny_prefix_lm(refs, tok):
+    vision = {"tower": "regions", **refs["tiny-vit-probe"]}
+    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=20, n_image_tokens=9, text_len=30, dim=32, depth=2, n_heads=2,
+                              vision=vision)
+    bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
+    return prefix_lm.PrefixLM.from_config(config.to_dict()), scene_batch(tok, bench), bench
+
+
+def tiny_frozen_prefix(refs, tok):
+    config = frozen_prefix.Config(mapper="object", in_dim=76, k=2, lm=refs["tiny-gpt"],
+                                  vision={"tower": "objects", **refs["tiny-vit-probe"]})
+    bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
+    return frozen_prefix.PrefixCaptioner(config), scene_batch(tok, bench), bench
+
+
+TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix}
+
+
+def test_every_registered_strategy_has_a_tiny_builder_here():
+    assert set(TINY) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_strategy_exposes_the_contract(name):
+    module = REGISTRY[name]
+    assert dataclasses.is_dataclass(module.Config)
+    assert callable(module.batch_loss) and callable(module.measure)
+    assert isinstance(module.SAVED, tuple) and all(isinstance(n, str) for n in module.SAVED)
+    assert set(module.TARGETS) == {"smoke", "cpu", "gpu"}
+    for targets in module.TARGETS.values():
+        for metric, (op, bound) in targets.items():
+            assert isinstance(metric, str) and op in runs.COMPARISONS and isinstance(bound, float), (metric, op, bound)
+
+
+@pytest.fixture(params=sorted(REGISTRY))
+def built(request, tiny_zoo, tok):
+    torch.manual_seed(0)
+    model, batch, bench = TINY[request.param](tiny_zoo, tok)
+    return request.param, model, batch, bench
+
+
+def test_config_round_trips_through_a_dict(built):
+    name, model, _, _ = built
+    config = REGISTRY[name].Config
+    assert config.from_dict(model.config.to_dict()) == model.config
+
+
+def test_batch_loss_is_a_finite_scalar_that_reaches_the_trained_parts(built):
+    name, model, batch, _ = built
+    loss, logs = REGISTRY[name].batch_loss(model.train(), batch)
+    assert loss.ndim == 0 and math.isfinite(loss.item()) and isinstance(logs, dict)
+    loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
+def test_models_answer_their_protocols(built, tok):
+    name, model, batch, _ = built
+    model.eval()
+    if isinstance(model, protocols.Captioner):
+        features = model.image_features(to_float(batch["images"]))
+        said = generate_text(model, tok, features, max_new_tokens=4)
+        assert len(said) == len(features) and all(isinstance(s, str) for s in said)
+    if name == "lit":  # a dual encoder on the frozen towers' features
+        image, text = model.encode_image(batch["image_features"]), model.encode_text(batch["text_features"])
+    elif isinstance(model, protocols.DualEncoder):
+        image = model.encode_image(to_float(batch["images"]))
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        scores = model.score(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
+        assert scores.shape == (len(image),)
+    else:
+        return
+    for vectors in (image, text):
+        torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(len(vectors)))
+
+
+def test_save_load_and_measure_again_round_trips(built, tok, tmp_path):
+    name, model, _, bench = built
+    measured = REGISTRY[name].measure(model.eval(), tok, bench)
+    assert measured and all(math.isfinite(v) for v in measured.values())
+    path = zoo.save_model("round-trip", model, measured, strategy=name, root=tmp_path, dtype=None)
+    loaded, record = zoo.load_model(path)
+    assert type(loaded) is type(model) and record["strategy"] == name
+    assert REGISTRY[name].measure(loaded.eval(), tok, bench) == measured
