@@ -4,6 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PROFILE ?= cpu
+# `make lab`: jupyter refuses to run as root (a container, a fresh CI machine) without --allow-root.
+# tests/test_lab.py starts the server with this same target, adding LAB_ARGS (port, token) and its own LAB_DIR.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS ?=
+LAB_DIR  ?= notebooks/
 
 .PHONY: setup lab test run bench clean assign
 
@@ -25,7 +30,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) $(LAB_DIR)
 
 test: setup
 	$(VENV)/bin/ruff check vlmlab tests bench
