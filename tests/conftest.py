@@ -1,6 +1,8 @@
 """Shared fixtures: the workbook's tokenizer, a user cache of one's own, and a tiny zoo of notebook-01 backbones
 (random weights, small sizes) that strategies can pin by hash, so a test builds and saves a real model in seconds."""
 
+import os
+
 import pytest
 import torch
 
@@ -10,7 +12,10 @@ from vlmlab.nn import CausalLM, TextConfig, TextTransformer, ViT, ViTConfig
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.unimodal import CellProbe, MaskedLM, RegionEncoder
 
-torch.set_num_threads(1)  # two test workers share two cores
+# Two test workers share two cores: each uses one thread, and so does every process they start (notebook kernels,
+# the CLI, JupyterLab's kernels). Two processes with two threads each on two cores run several times slower.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ class _Decoder:
         self.prompt, self.prompt_mask, self.mask = prompt, attention_mask, attention_mask  # [B, T, D], [B, T], [B, T]
         self.tokens = attention_mask.new_zeros(len(prompt), 0)  # [B, n] what has been generated so far
         out = self._start()
-        self.cache, self.logits = out.cache, out.logits[:, -1]
+        self.cache, self.logits = out.cache if use_cache else None, out.logits[:, -1]
 
     def _start(self):
         return self.model(inputs_embeds=self.prompt, attention_mask=self.prompt_mask, use_cache=True, **self.condition)
