@@ -54,3 +54,22 @@ def tiny_zoo(user_cache, tok):
     save("tiny-bert", bert)
     save("tiny-bert-head", MaskedLM(bert, MLMHead(32, len(tok)), refs["tiny-bert"]))
     return refs
+
+
+TINY_VOCAB = 40  # the vocabulary of `tiny_lm`'s models
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A factory: tiny_lm(seed=0, **config) -> a 2-layer GPT (vocabulary TINY_VOCAB) with large random weights, so its
+    greedy choices vary from step to step; in eval mode."""
+
+    def make(seed: int = 0, **kw) -> CausalLM:
+        torch.manual_seed(seed)
+        model = CausalLM(TextConfig(**{"vocab_size": TINY_VOCAB, "max_len": 32, "dim": 32, "depth": 2, "n_heads": 4} | kw))
+        for p in model.parameters():
+            if p.ndim >= 2:
+                torch.nn.init.normal_(p, std=0.3)
+        return model.eval()
+
+    return make

@@ -10,20 +10,10 @@ from torch.testing import assert_close
 
 from vlmlab.generation import generate, generate_text, prompt_ids, sample_token
 from vlmlab.lm import splice_visual
-from vlmlab.nn import CausalLM, LMOutput, TextConfig
+from vlmlab.nn import LMOutput
 from vlmlab.strategies.prefix_lm import Config, PrefixLM
 
-V = 40  # vocabulary of the tiny language models
-
-
-def tiny_lm(seed: int = 0, **kw) -> CausalLM:
-    """A 2-layer GPT with large random weights, so its greedy choices vary from step to step."""
-    torch.manual_seed(seed)
-    model = CausalLM(TextConfig(**{"vocab_size": V, "max_len": 32, "dim": 32, "depth": 2, "n_heads": 4} | kw))
-    for p in model.parameters():
-        if p.ndim >= 2:
-            torch.nn.init.normal_(p, std=0.3)
-    return model.eval()
+V = 40  # the vocabulary of conftest's tiny_lm
 
 
 class Stateless:
@@ -53,7 +43,7 @@ def sequence_logprob(table, start, tokens):
     return sum(logprobs[a, b].item() for a, b in zip([start, *tokens[:-1]], tokens))
 
 
-def test_greedy_same_with_and_without_cache():
+def test_greedy_same_with_and_without_cache(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (3, 5))
     cached = generate(model, input_ids=ids, max_new_tokens=12)
@@ -61,7 +51,7 @@ def test_greedy_same_with_and_without_cache():
     assert torch.equal(generate(model, input_ids=ids, max_new_tokens=12, use_cache=False), cached)
 
 
-def test_greedy_is_argmax_of_full_forward():
+def test_greedy_is_argmax_of_full_forward(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 4))
     new = generate(model, input_ids=ids, max_new_tokens=3)
@@ -69,7 +59,7 @@ def test_greedy_is_argmax_of_full_forward():
     assert torch.equal(model(input_ids=seq).logits[:, 3:-1].argmax(-1), new)
 
 
-def test_beam_of_one_is_greedy():
+def test_beam_of_one_is_greedy(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (3, 5))
     greedy = generate(model, input_ids=ids, max_new_tokens=10)
@@ -100,7 +90,7 @@ def test_wide_beam_finds_the_most_likely_sequence():
     assert beam[0].tolist() == list(best)
 
 
-def test_beam_score_not_below_greedy_on_tiny_lm():
+def test_beam_score_not_below_greedy_on_tiny_lm(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (4, 3))
 
@@ -126,7 +116,7 @@ def test_eos_then_padding_and_early_stop():
     assert beam.tolist() == [[3, 0, 0, 0], [2, 2, 2, 2]]  # row 1 never ends, so no early stop
 
 
-def test_left_padded_batch_equals_one_prompt_at_a_time():
+def test_left_padded_batch_equals_one_prompt_at_a_time(tiny_lm):
     model = tiny_lm()
     prompts = [torch.randint(1, V, (3,)), torch.randint(1, V, (6,))]
     ids = torch.zeros(2, 6, dtype=torch.long)
@@ -141,7 +131,7 @@ def test_left_padded_batch_equals_one_prompt_at_a_time():
         generate(model, input_ids=ids, attention_mask=attention_mask.flip(1))
 
 
-def test_sampling_reproducible_and_filtered():
+def test_sampling_reproducible_and_filtered(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 4))
     draw = lambda seed, **kw: generate(model, input_ids=ids, max_new_tokens=10, strategy="sample",
@@ -158,7 +148,7 @@ def test_sampling_reproducible_and_filtered():
     assert_close(counts, logits[0].exp(), atol=0.03, rtol=0)
 
 
-def test_generate_checks_arguments():
+def test_generate_checks_arguments(tiny_lm):
     model = tiny_lm()
     ids = torch.zeros(1, 2, dtype=torch.long)
     for kw, name in [({"strategy": "topk"}, "strategy"), ({"temperature": 0}, "temperature"), ({"top_p": 0}, "top_p"),
@@ -261,7 +251,7 @@ def test_beam_search_gives_every_call_the_condition_of_the_rows_its_cache_holds(
 # ---------------------------------------------------------------------------------- logits processors
 
 
-def test_a_processor_that_bans_a_token_is_applied_at_every_step():
+def test_a_processor_that_bans_a_token_is_applied_at_every_step(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (3, 4), generator=torch.Generator().manual_seed(0))
     plain = generate(model, input_ids=ids, max_new_tokens=12)
@@ -276,7 +266,7 @@ def test_a_processor_that_bans_a_token_is_applied_at_every_step():
         assert out.shape == (3, 12) and not (out == banned).any(), kw
 
 
-def test_a_processor_sees_the_tokens_so_far():
+def test_a_processor_sees_the_tokens_so_far(tiny_lm):
     """A processor that forbids repeating the last token: it is given [B, t] tokens at step t, exactly those written."""
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 3), generator=torch.Generator().manual_seed(1))
@@ -302,7 +292,7 @@ def test_a_processor_sees_the_tokens_so_far():
 # ---------------------------------------------------------------------------------- cache or recompute, empty prompts
 
 
-def test_cache_and_recompute_give_the_same_tokens_on_a_causal_lm():
+def test_cache_and_recompute_give_the_same_tokens_on_a_causal_lm(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(1, V, (3, 5), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
@@ -339,7 +329,7 @@ class PrefixedLM(torch.nn.Module):
 
 @pytest.mark.parametrize("kw", [{}, {"use_cache": False}, {"strategy": "beam", "num_beams": 3}],
                          ids=["cache", "recompute", "beam"])
-def test_an_empty_prompt_works_when_the_model_adds_its_own_prefix(kw):
+def test_an_empty_prompt_works_when_the_model_adds_its_own_prefix(kw, tiny_lm):
     """Width-0 prompts: everything the model reads first is its own prefix. The tokens equal those the bare LM writes
     after the same prefix given as inputs_embeds."""
     lm = tiny_lm()

@@ -22,22 +22,12 @@ from vlmlab.attention import (
 from vlmlab.mlm import MLMHead, mask_tokens
 from vlmlab.nn import MLP, Block, CausalLM, PatchEmbed, TextConfig, TextTransformer, ViT, ViTConfig, next_token_loss
 
-V = 40  # vocabulary of the tiny language models
+V = 40  # the vocabulary of conftest's tiny_lm
 
 
 def qkv(B=2, H=3, T=5, S=7, hd=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(B, H, T, hd, generator=g), torch.randn(B, H, S, hd, generator=g), torch.randn(B, H, S, hd, generator=g))
-
-
-def tiny_lm(seed: int = 0, **kw) -> CausalLM:
-    """A 2-layer GPT with large random weights, so its greedy choices vary from step to step."""
-    torch.manual_seed(seed)
-    model = CausalLM(TextConfig(**{"vocab_size": V, "max_len": 32, "dim": 32, "depth": 2, "n_heads": 4} | kw))
-    for p in model.parameters():
-        if p.ndim >= 2:
-            torch.nn.init.normal_(p, std=0.3)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------- attention and masks
@@ -151,7 +141,7 @@ def test_padded_keys_never_change_real_outputs():
     assert not torch.allclose(model(input_ids=changed, attention_mask=attention_mask)[0, 0], hidden[0, 0])
 
 
-def test_causal_future_tokens_do_not_change_the_past():
+def test_causal_future_tokens_do_not_change_the_past(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 8))
     logits = model(input_ids=ids).logits
@@ -162,7 +152,7 @@ def test_causal_future_tokens_do_not_change_the_past():
     assert not torch.allclose(new[:, 5], logits[:, 5])
 
 
-def test_reference_path_model_equals_sdpa_model():
+def test_reference_path_model_equals_sdpa_model(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 8))
     logits = model(input_ids=ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])).logits
@@ -200,7 +190,7 @@ def test_patch_embed_raster_order():
 # ---------------------------------------------------------------------------------- text models
 
 
-def test_text_transformer_inputs_embeds_equals_input_ids():
+def test_text_transformer_inputs_embeds_equals_input_ids(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 6))
     assert_close(model(inputs_embeds=model.embed(ids)).logits, model(input_ids=ids).logits)
@@ -210,7 +200,7 @@ def test_text_transformer_inputs_embeds_equals_input_ids():
         model(input_ids=ids, inputs_embeds=model.embed(ids))
 
 
-def test_max_len_and_mask_shape_are_checked():
+def test_max_len_and_mask_shape_are_checked(tiny_lm):
     model = tiny_lm()
     with pytest.raises(ValueError, match="max_len=32"):
         model(input_ids=torch.zeros(1, 33, dtype=torch.long))
@@ -218,7 +208,7 @@ def test_max_len_and_mask_shape_are_checked():
         model(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
 
 
-def test_models_take_keyword_arguments_only():
+def test_models_take_keyword_arguments_only(tiny_lm):
     model, ids = tiny_lm(), torch.randint(0, V, (1, 4))
     with pytest.raises(TypeError):
         model(ids)
@@ -230,7 +220,7 @@ def test_models_take_keyword_arguments_only():
         MultiHeadAttention(32, 4)(torch.randn(1, 4, 32), torch.randn(1, 2, 32))
 
 
-def test_a_ready_bool_mask_is_used_as_it_is():
+def test_a_ready_bool_mask_is_used_as_it_is(tiny_lm):
     """A [B, 1, T, S] bool mask built from prefix_mask and padding_mask, with explicit positions: with no prefix it
     equals the [B, S] padding mask path; with a prefix, tokens inside it see each other both ways."""
     model = tiny_lm()
@@ -256,7 +246,7 @@ def test_a_ready_bool_mask_is_used_as_it_is():
                  first[:, :4])  # after the prefix it is causal
 
 
-def test_from_config_rebuilds_the_same_architecture():
+def test_from_config_rebuilds_the_same_architecture(tiny_lm):
     model = tiny_lm()
     again = CausalLM.from_config(vars(model.config))
     again.load_state_dict(model.state_dict())
@@ -268,7 +258,7 @@ def test_from_config_rebuilds_the_same_architecture():
     assert not encoder.config.causal and len(encoder.blocks) == 1
 
 
-def test_kv_cache_decoding_equals_full_forward():
+def test_kv_cache_decoding_equals_full_forward(tiny_lm):
     model = tiny_lm()
     ids = torch.randint(0, V, (2, 9))
     full = model(input_ids=ids).logits
@@ -281,7 +271,7 @@ def test_kv_cache_decoding_equals_full_forward():
     assert_close(torch.cat(steps, dim=1), full)
 
 
-def test_kv_cache_after_an_embedded_prefix():
+def test_kv_cache_after_an_embedded_prefix(tiny_lm):
     """A (visual) prefix given as inputs_embeds, then text tokens one at a time."""
     model = tiny_lm()
     prefix, ids = torch.randn(2, 3, 32), torch.randint(0, V, (2, 4))
@@ -316,7 +306,7 @@ def test_cache_select_keeps_rows_in_every_layer():
         assert_close(kv_cache.v, (v - layer)[[1, 0]])
 
 
-def test_next_token_loss_hand_computed():
+def test_next_token_loss_hand_computed(tiny_lm):
     uniform = torch.zeros(1, 4, 5)
     labels = torch.tensor([[3, 1, -100, 2]])
     assert_close(next_token_loss(uniform, labels), torch.tensor(math.log(5)))

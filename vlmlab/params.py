@@ -19,7 +19,7 @@ import numbers
 import os
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -42,6 +42,25 @@ def is_int(x) -> bool:
 def is_number(x) -> bool:
     """A finite int or float that is not a bool."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def require_positive_ints(config, names: tuple[str, ...]) -> None:
+    """Every one of `names` on `config` must be an int >= 1 (a model config's sizes)."""
+    for name in names:
+        value = getattr(config, name)
+        require(is_int(value) and value >= 1, name, value, "an integer >= 1")
+
+
+class SavedConfig:
+    """A dataclass config that a checkpoint record keeps as plain JSON values: `to_dict()` and `from_dict()`. The
+    strategies' `Config` classes are such dataclasses (a nested config overrides `from_dict`)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**d)
 
 
 class ParameterError(ValueError):

@@ -17,7 +17,7 @@ Letters in the shape comments: B batch, T text length, D tower width, E shared e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,14 @@ from ..data.loaders import to_float
 from ..evaluate import suite
 from ..hf_convert import hf_block_state, load_exactly
 from ..nn import TextConfig, TextTransformer, ViT, ViTConfig
-from ..params import require
+from ..params import SavedConfig, require
 from ..protocols import cosine_score
 
 IMAGE_POOLS = ("cls", "grid")
 
 
 @dataclass
-class Config:
+class Config(SavedConfig):
     vision: ViTConfig
     text: TextConfig
     embed_dim: int = 64  # E, the shared space both towers project into
@@ -54,10 +54,6 @@ class Config:
         require(self.image_pool in IMAGE_POOLS, "image_pool", self.image_pool, f"one of {IMAGE_POOLS}")
         require(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
                f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON values, as `vlmlab.zoo.save_checkpoint` stores a config."""
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:

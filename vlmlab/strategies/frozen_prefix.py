@@ -23,7 +23,7 @@ can make the LM say.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from ..evaluate import suite
 from ..frozen import FrozenParts
 from ..lm import LanguageModel, default_positions, load_language_model, splice_visual
 from ..nn import Block, LMOutput
-from ..params import require
+from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import caption_loss
 from ..unimodal import vision_tower
 
@@ -132,7 +132,7 @@ class FreePrefix(nn.Module):
 
 
 @dataclass
-class Config:
+class Config(SavedConfig):
     """How a frozen-LM captioner is built. The LM and the vision tower are pinned by name and sha256."""
 
     mapper: str | None = "object"  # one of MAPPERS; None: a mapper of your own, given to the constructor
@@ -150,16 +150,7 @@ class Config:
 
     def __post_init__(self):
         require(self.mapper in (*MAPPERS, None), "mapper", self.mapper, f"one of {MAPPERS}, or None for a mapper of your own")
-        for name in ("in_dim", "k", "hidden", "dim", "depth", "n_heads"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        return cls(**d)
+        require_positive_ints(self, ("in_dim", "k", "hidden", "dim", "depth", "n_heads"))
 
 
 def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
@@ -195,9 +186,9 @@ class PrefixCaptioner(FrozenParts):
         self.config = config
         self.FROZEN = tuple(name for name, frozen in (("lm", config.freeze_lm), ("vision", not config.train_vision)) if frozen)
         self.lm = lm if lm is not None else load_language_model(config.lm)
-        self.vision = vision if vision is not None or config.vision is None else vision_tower(config.vision)
         require(mapper is not None or config.mapper is not None, "mapper", None, "a mapper, when config.mapper is None")
-        self.mapper = mapper if mapper is not None else build_mapper(config, self.lm)
+        self.mapper = mapper if mapper is not None else build_mapper(config, self.lm)  # drawn before any tower loads
+        self.vision = vision if vision is not None or config.vision is None else vision_tower(config.vision)
         for name in ("lm", "vision"):  # what the config freezes is frozen (no gradients, eval mode), the rest trains
             if getattr(self, name) is not None:
                 getattr(self, name).requires_grad_(name not in self.FROZEN).train(name not in self.FROZEN)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from ..data.real import ImageText
 from ..encoders import image_vectors, text_vectors
 from ..evaluate import retrieval_recall
-from ..params import is_int, require
+from ..params import SavedConfig, is_int, require, require_positive_ints
 from ..train import History, fit
 from .clip import contrastive_loss
 
@@ -76,7 +76,7 @@ def _head(in_dim: int, embed_dim: int, hidden: int | None, dropout: float) -> nn
 
 
 @dataclass
-class Config:
+class Config(SavedConfig):
     """LiT's trained part: two heads from frozen features into one space, and a temperature."""
 
     image_dim: int  # Di, the frozen image features' width (EfficientNet-Lite0: 1280)
@@ -88,21 +88,13 @@ class Config:
     max_logit_scale: float = 100.0
 
     def __post_init__(self):
-        for name in ("image_dim", "text_dim", "embed_dim"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
+        require_positive_ints(self, ("image_dim", "text_dim", "embed_dim"))
         require(self.hidden is None or (is_int(self.hidden) and self.hidden >= 1), "hidden", self.hidden,
                 "None (a linear head) or an int >= 1")
         require(0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
         require(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
         require(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
                 f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        return cls(**d)
 
 
 class ProjectionHeads(nn.Module):

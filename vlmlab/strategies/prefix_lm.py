@@ -22,7 +22,7 @@ bidirectionally. `VirTex` below is that design with the same parts.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,13 +35,13 @@ from ..evaluate import suite
 from ..frozen import FrozenParts
 from ..lm import default_positions, splice_visual
 from ..nn import CausalLM, LMOutput, TextConfig
-from ..params import require
+from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import caption_loss
 from ..unimodal import vision_tower
 
 
 @dataclass
-class Config:
+class Config(SavedConfig):
     vocab_size: int = 512
     vision_dim: int = 20  # width of the image tokens (region tokens: 8 shape + 9 colour + 3 size scores)
     n_image_tokens: int = 9  # one per cell of the 3 x 3 grid
@@ -53,16 +53,7 @@ class Config:
     vision: dict | None = None  # the frozen vision tower (`unimodal.vision_tower` spec); None: features are given
 
     def __post_init__(self):
-        for name in ("vocab_size", "vision_dim", "n_image_tokens", "text_len", "dim", "depth", "n_heads"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        return cls(**d)
+        require_positive_ints(self, ("vocab_size", "vision_dim", "n_image_tokens", "text_len", "dim", "depth", "n_heads"))
 
     def text_config(self, **changes) -> TextConfig:
         """The transformer's TextConfig: one position table for image tokens and text together."""
@@ -72,13 +63,13 @@ class Config:
 
 class ImageConditionedLM(FrozenParts):
     """What PrefixLM and VirTex share: a frozen vision tower, a linear map from its features to the model's width,
-    and a causal LM. Introduced in notebook 03."""
+    and a causal LM (`self.lm`, built by each subclass after the map). Introduced in notebook 03."""
 
     FROZEN = ("vision",)
 
-    def __init__(self, config: Config, lm: CausalLM, vision: nn.Module | None = None):
+    def __init__(self, config: Config, vision: nn.Module | None = None):
         super().__init__()
-        self.config, self.lm = config, lm
+        self.config = config
         self.visual = nn.Linear(config.vision_dim, config.dim)  # image features -> the LM's width
         self.vision = vision
 
@@ -113,7 +104,8 @@ class PrefixLM(ImageConditionedLM):
     Introduced in notebook 03."""
 
     def __init__(self, config: Config, vision: nn.Module | None = None):
-        super().__init__(config, CausalLM(config.text_config()), vision)
+        super().__init__(config, vision)
+        self.lm = CausalLM(config.text_config())
 
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": self.project(image_features)}  # [B, N, D]
@@ -201,10 +193,10 @@ class VirTex(ImageConditionedLM):
     the whole sequence: no image tokens, no bidirectional prefix. Introduced in notebook 03."""
 
     def __init__(self, config: Config, vision: nn.Module | None = None):
+        super().__init__(config, vision)
         c = config
-        super().__init__(c, CausalLM(TextConfig(vocab_size=c.vocab_size, max_len=c.text_len, dim=c.dim, depth=c.depth,
-                                                n_heads=c.n_heads, dropout=c.dropout, causal=True, cross_attention_dim=c.dim)),
-                         vision)
+        self.lm = CausalLM(TextConfig(vocab_size=c.vocab_size, max_len=c.text_len, dim=c.dim, depth=c.depth, n_heads=c.n_heads,
+                                      dropout=c.dropout, causal=True, cross_attention_dim=c.dim))
 
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"context": self.project(image_features)}  # [B, N, D]: the context, not part of the sequence
