@@ -22,7 +22,7 @@ from common import block_weights, compare, machine, matmul_flops, step_fn, write
 from transformers import GPT2Config, GPT2LMHeadModel, ViTModel
 from transformers import ViTConfig as HFViTConfig
 
-from vlmlab.nn import from_hf_gpt2, from_hf_vit
+from vlmlab.hf_convert import from_hf_gpt2, from_hf_vit
 
 BATCH, WARMUP, STEPS = 64, 3, 20
 N_CLASSES = 10
@@ -72,7 +72,7 @@ def gpt_case(device: str, seq: int = 32) -> dict:
     hf = GPT2LMHeadModel(c).to(device)
     ours = from_hf_gpt2(hf).to(device)
     ids = torch.randint(c.vocab_size, (BATCH, seq), device=device)
-    step_ours = step_fn(ours, lambda: ours(ids, labels=ids).loss)
+    step_ours = step_fn(ours, lambda: ours(input_ids=ids, labels=ids).loss)
     step_hf = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss)
     params = sum(p.numel() for p in ours.parameters())
     return summarise("gpt", compare_models(step_ours, step_hf), gpt_flops(c, BATCH, seq), params)

@@ -1,7 +1,7 @@
 """Training and captioning throughput of notebook 03's PrefixLM, and what the KV cache buys (DESIGN.md §7).
 
 Run from bench/: `../.venv/bin/python prefix_lm_step.py` (`--quick`: a few steps only, to check that it runs; it
-writes prefix_lm_step_quick.json). Sizes are `PrefixLMConfig`'s defaults, notebook 03's model: vocab 512, 9 image
+writes prefix_lm_step_quick.json). Sizes are `Config`'s defaults, notebook 03's model: vocab 512, 9 image
 tokens (region tokens) of width 20, text up to 32 tokens, dim 128, depth 4, heads 4, MLP 4 x dim; batch 128. Weights and image
 features [B, 9, 20] are random (timing does not depend on them); the text is real: one training batch drawn as
 notebook 03 draws it (`prefix_lm.training_texts` over Shapes World captions and questions, `encode_texts`, trimmed
@@ -20,12 +20,12 @@ projection (20 x 128) sees the 9 image tokens, the blocks and the tied output la
 positions. The text-only model has S = T and no visual projection. The efficiency is achieved FLOP/s divided by the
 FLOP/s of a 1024^3 fp32 matmul measured in the same run.
 
-Captioning: greedy decoding of 24 new tokens after the 9 image tokens and <bos> (`generation.generate` through a
-`prefix_lm.Bound` model, as `generate_text` does, but with eos_token_id=None so that every row writes all 24
-tokens: new tokens = 128 x 24 per call). With the KV cache against without it, paired; the ratio is the cache's
-speed-up. Beam search (4 beams) with the cache is paired with greedy with the cache; its tokens/s count the 24
-tokens returned per image, while it decodes 4 rows per image. Threads: torch's default (OMP_NUM_THREADS when set),
-as in the other benchmarks.
+Captioning: greedy decoding of 24 new tokens after the 9 image tokens and <bos> (`generation.generate` with the
+model's image tokens as its condition, as `generate_text` does, but with eos_token_id=None so that every row writes
+all 24 tokens: new tokens = 128 x 24 per call). With the KV cache against without it (every step recomputes the
+prompt and all tokens so far), paired; the ratio is the cache's speed-up. Beam search (4 beams) with the cache is
+paired with greedy with the cache; its tokens/s count the 24 tokens returned per image, while it decodes 4 rows per
+image. Threads: torch's default (OMP_NUM_THREADS when set), as in the other benchmarks.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def train_flops(config: TextConfig, batch: int, positions: int, image_tokens: in
     return batch * (6 * matmul + 12 * config.depth * config.dim * positions**2)
 
 
-def text_batch(tokenizer, config: prefix_lm.PrefixLMConfig) -> dict:
+def text_batch(tokenizer, config: prefix_lm.Config) -> dict:
     """One batch as notebook 03 trains on: features [B, 9, 20] (random), input_ids / attention_mask / labels [B, T]."""
     scenes = ShapesWorld(seed=SEED).scenes(N_SCENES, "train")
     captions = [language.caption(s, variant=i % 4) for i, s in enumerate(scenes)]
@@ -71,13 +71,13 @@ def text_batch(tokenizer, config: prefix_lm.PrefixLMConfig) -> dict:
         rows = torch.tensor(rows)
         mask = text.attention_mask[rows]
         width = int(mask.sum(dim=1).max())  # trim the padding to the longest row of the batch
-        return {"features": features, "input_ids": text.input_ids[rows, :width], "attention_mask": mask[:, :width],
+        return {"image_features": features, "input_ids": text.input_ids[rows, :width], "attention_mask": mask[:, :width],
                 "labels": text.labels[rows, :width]}
 
     return StepBatches(range(len(prompts)), BATCH, collate, seed=SEED)(0)
 
 
-def train_case(config: prefix_lm.PrefixLMConfig, batch: dict, warmup: int, steps: int) -> dict:
+def train_case(config: prefix_lm.Config, batch: dict, warmup: int, steps: int) -> dict:
     """PrefixLM training step against the text-only CausalLM's on the same text."""
     torch.manual_seed(SEED)
     model = prefix_lm.PrefixLM(config).to(batch["input_ids"].device).train()
@@ -85,7 +85,7 @@ def train_case(config: prefix_lm.PrefixLMConfig, batch: dict, warmup: int, steps
                              n_heads=config.n_heads, causal=True)
     text_lm = CausalLM(text_config).to(batch["input_ids"].device).train()
     step_prefix = step_fn(model, lambda: prefix_lm.batch_loss(model, batch)[0])
-    step_text = step_fn(text_lm, lambda: text_lm(batch["input_ids"], attention_mask=batch["attention_mask"],
+    step_text = step_fn(text_lm, lambda: text_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                                  labels=batch["labels"]).loss)
     s_prefix, s_text, ratio = compare(step_prefix, step_text, warmup, steps)
     B, T = batch["input_ids"].shape
@@ -108,16 +108,13 @@ def captioner(model: prefix_lm.PrefixLM, features: torch.Tensor, tokenizer, **ge
 
     @torch.no_grad()
     def run() -> torch.Tensor:
-        embeds = torch.cat([model.embed_image(features), model.embed(bos)], dim=1)  # [B, 18, D]
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=features.device)
-        bound = prefix_lm.Bound(model, prefix_len=embeds.size(1))
-        return generate(bound, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW_TOKENS, eos_token_id=None,
-                        pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+        return generate(model, input_ids=bos, condition=model.condition(features), max_new_tokens=NEW_TOKENS,
+                        eos_token_id=None, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
 
     return run
 
 
-def generation_case(config: prefix_lm.PrefixLMConfig, features: torch.Tensor, tokenizer, warmup: int, steps: int) -> dict:
+def generation_case(config: prefix_lm.Config, features: torch.Tensor, tokenizer, warmup: int, steps: int) -> dict:
     """Greedy captioning with the KV cache against without it; beam search with the cache against greedy with it."""
     torch.manual_seed(SEED)
     model = prefix_lm.PrefixLM(config).to(features.device).eval()
@@ -147,11 +144,11 @@ def main() -> None:
     warmup, steps = (1, 4) if args.quick else (3, 20)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer()
-    config = prefix_lm.PrefixLMConfig(vocab_size=len(tokenizer))
+    config = prefix_lm.Config(vocab_size=len(tokenizer))
     batch = {k: v.to(device) for k, v in text_batch(tokenizer, config).items()}
     peak = matmul_flops()
     train = train_case(config, batch, warmup, steps)
-    gen = generation_case(config, batch["features"], tokenizer, warmup, steps)
+    gen = generation_case(config, batch["image_features"], tokenizer, warmup, steps)
     peak = max(peak, matmul_flops())  # measured before and after: keep the better yardstick
     train["efficiency"] = round(train["gflops"] * 1e9 / peak, 3)
     train["efficiency_text_lm"] = round(train["gflops_text_lm"] * 1e9 / peak, 3)
