@@ -40,12 +40,6 @@ def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
     return rows + [total]
 
 
-def trainable_fraction(parts: dict[str, nn.Module]) -> float:
-    """The share of all parameters of `parts` that train."""
-    total = parameter_table(parts)[-1]
-    return total["trainable"] / total["params"]
-
-
 class FrozenParts(nn.Module):
     """A model that keeps some of its parts frozen. Subclasses name them in `FROZEN` (attribute names; a part may
     be None). Introduced in notebook 04.
