@@ -14,7 +14,8 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from vlmlab.data.evalsets import DualEncoderBench, single_objects
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
 from vlmlab.data.shapes import COLORS, ShapesWorld
-from vlmlab.evaluate import embed_images, embed_texts, retrieval_recall, zero_shot_attribute, zero_shot_classifier
+from vlmlab.evaluate import retrieval_recall
+from vlmlab.harness import embed_images, embed_texts, zero_shot_attribute, zero_shot_classifier
 from vlmlab.nn import TextConfig, ViT, ViTConfig
 from vlmlab.protocols import DualEncoder, PairScorer
 from vlmlab.strategies.clip import (

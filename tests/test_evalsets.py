@@ -78,3 +78,17 @@ def test_build_from_a_spec_gives_the_same_bench_again():
     assert isinstance(evalsets.build({"kind": "dual_encoder", "seed": 0, "n": 4, "image_size": 32}), evalsets.DualEncoderBench)
     with pytest.raises(ValueError, match=r"kind='shapes' is not one of \['dual_encoder', 'scenes'\]"):
         evalsets.build({"kind": "shapes", "n": 5})
+
+
+def test_novel_scenes_are_the_ones_whose_graph_training_never_showed():
+    from vlmlab.data.evalsets import generation_scenes, graph_key, novel
+
+    train = shapes.ShapesWorld(seed=0).scenes(3000, "train")
+    test = generation_scenes(0, 400)
+    picked = novel(test, train)
+    seen = {graph_key(s) for s in train}
+    assert picked == [i for i, s in enumerate(test) if graph_key(s) not in seen]
+    assert 0 < len(picked) < len(test)  # one-object scenes repeat in training, four-object ones almost never do
+    assert novel(test, test) == [] and novel(test, []) == list(range(len(test)))
+    a, b = test[picked[0]], test[picked[0]]
+    assert graph_key(a) == graph_key(b) and graph_key(a) == tuple(sorted(graph_key(a)))

@@ -11,7 +11,7 @@ from vlmlab import viz  # noqa: E402
 from vlmlab.data.language import caption, hard_negatives, vqa_pairs  # noqa: E402
 from vlmlab.data.loaders import encode_texts  # noqa: E402
 from vlmlab.data.shapes import ShapesWorld, render_array  # noqa: E402
-from vlmlab.evaluate import zero_shot_classifier  # noqa: E402
+from vlmlab.harness import zero_shot_classifier  # noqa: E402
 from vlmlab.nn import TextConfig, ViTConfig  # noqa: E402
 from vlmlab.strategies.clip import CLIP, Config  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402

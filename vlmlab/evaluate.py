@@ -17,11 +17,9 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, prompt_templates
-from .data.language import NUMBER_WORDS, caption, captions, plural
-from .data.loaders import encode_texts, to_float
+from .data.language import NUMBER_WORDS, captions, plural
 from .data.shapes import COLORS, SHAPES, SIZES, Scene
-from .generation import generate_text
+from .data.shapes import relation as relation_of
 from .params import require
 
 # ---------------------------------------------------------------- retrieval and zero-shot
@@ -163,22 +161,30 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     return {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider": float(cider)}
 
 
-# ---------------------------------------------------------------- attribute F1 against the scene graph
+# ---------------------------------------------------------------- caption facts against the scene graph
 
 SYNONYMS = {"big": "large", "little": "small", "tiny": "small"}
 _SHAPE_WORDS = {s: s for s in SHAPES} | {plural(s): s for s in SHAPES}
+ARTICLES = ("a", "an", "the")
+_CANONICAL = {"left of": ("left of", False), "right of": ("left of", True), "above": ("above", False),
+              "below": ("above", True)}  # relation -> (the form facts use, whether its two objects swap)
 
 
-def parse_objects(caption: str) -> list[tuple[str | None, str | None, str]]:
-    """The (size, colour, shape) of each object a caption names, read left to right.
+def parse_caption(caption: str) -> tuple[list[tuple], list[tuple]]:
+    """The objects a caption names, read left to right, as (size, colour, shape), and the relations it states
+    between them, as (object, "left of" | "above", object). Introduced in notebook 03.
 
-    A size or colour word describes the next shape word if only sizes, colours or a number word come
-    between them; any other word forgets them. Shape words may be plural ("stars"); a number word
-    before the phrase ("two red stars") repeats the object. Synonyms: big -> large, little/tiny -> small.
+    A size or colour word describes the next shape word if only sizes, colours or a number word come between
+    them; any other word forgets them. Shape words may be plural ("stars"); a number word before the phrase ("two
+    red stars") repeats the object. A relation word ("left of", "right of", "above", "below") relates the object
+    named just before it to the one named next (articles may stand between); "right of" and "below" are stated as
+    their inverses, so "a circle right of a star" and "a star left of a circle" state the same fact. Synonyms:
+    big -> large, little/tiny -> small.
     """
-    objects, size, color, count = [], None, None, 1
-    for word in tokenize(caption):
-        word = SYNONYMS.get(word, word)
+    objects, relations, size, color, count, pending = [], [], None, None, 1, None
+    words = [SYNONYMS.get(w, w) for w in tokenize(caption)]
+    for i, word in enumerate(words):
+        phrase = f"{word} of" if word in ("left", "right") and words[i + 1 : i + 2] == ["of"] else word
         if word in SIZES:
             size = word
         elif word in COLORS:
@@ -186,15 +192,29 @@ def parse_objects(caption: str) -> list[tuple[str | None, str | None, str]]:
         elif word in NUMBER_WORDS:
             count = NUMBER_WORDS.index(word)
         elif word in _SHAPE_WORDS:
-            objects += [(size, color, _SHAPE_WORDS[word])] * count
-            size, color, count = None, None, 1
+            new = (size, color, _SHAPE_WORDS[word])
+            if pending is not None:
+                relation, swap = _CANONICAL[pending]
+                relations.append((new, relation, objects[-1]) if swap else (objects[-1], relation, new))
+            objects += [new] * count
+            size, color, count, pending = None, None, 1, None
+        elif phrase in _CANONICAL:
+            size, color, count, pending = None, None, 1, phrase if objects else None
+        elif word in ARTICLES or (word == "of" and i and words[i - 1] in ("left", "right")):
+            size, color, count = None, None, 1  # "left of a ...": the relation waits for its object
         else:
-            size, color, count = None, None, 1
-    return objects
+            size, color, count, pending = None, None, 1, None
+    return objects, relations
 
 
-def _facts(objects) -> Counter:
-    """A multiset of facts: ("shape", s), ("color", c, s), ("size", z, s); duplicates count."""
+def parse_objects(caption: str) -> list[tuple[str | None, str | None, str]]:
+    """The (size, colour, shape) of each object a caption names, read left to right (`parse_caption`)."""
+    return parse_caption(caption)[0]
+
+
+def _facts(objects, relations=()) -> Counter:
+    """A multiset of facts: ("shape", s), ("color", c, s), ("size", z, s) per object; duplicates count. And one
+    ("relation", a, r, b) per stated relation, a and b each an object's (size, colour, shape)."""
     facts = Counter()
     for size, color, shape in objects:
         facts[("shape", shape)] += 1
@@ -202,47 +222,69 @@ def _facts(objects) -> Counter:
             facts[("color", color, shape)] += 1
         if size is not None:
             facts[("size", size, shape)] += 1
+    for a_, relation, b in relations:
+        facts[("relation", a_, relation, b)] += 1
     return facts
 
 
-def caption_facts(caption: str) -> Counter:
-    """The facts a caption states, as a Counter (see `parse_objects`)."""
-    return _facts(parse_objects(caption))
+def caption_facts(caption: str, relations: bool = True) -> Counter:
+    """The facts a caption states, as a Counter (see `parse_caption`); `relations=False`: attributes only."""
+    objects, stated = parse_caption(caption)
+    return _facts(objects, stated if relations else ())
 
 
-def scene_facts(scene: Scene) -> Counter:
-    """The facts of a scene graph: three per object."""
-    return _facts((o.size, o.color, o.shape) for o in scene.objects)
+def scene_facts(scene: Scene, relations: bool = True) -> Counter:
+    """The facts of a scene graph: three per object, and for a scene of two objects the relation between them,
+    which is what its captions state (a scene of three or four objects is captioned as a list, without relations)."""
+    objects = [(o.size, o.color, o.shape) for o in scene.objects]
+    stated = []
+    if relations and len(objects) == 2:
+        relation, swap = _CANONICAL[relation_of(*scene.objects)]
+        stated = [(objects[1], relation, objects[0]) if swap else (objects[0], relation, objects[1])]
+    return _facts(objects, stated)
 
 
-def attribute_f1(captions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
-    """Micro-averaged precision, recall and F1 of the facts in generated captions (one caption per scene).
+def scene_f1(captions: Sequence[str], scenes: Sequence[Scene], relations: bool = True) -> dict[str, float]:
+    """Micro-averaged precision, recall and F1 of the facts in generated captions (one caption per scene), with
+    the relations they state (`relations=False`: attributes only), and the share of captions that state exactly
+    their scene's facts (`exact`).
 
-    Facts are matched as multisets over the whole corpus. A caption that names no object adds no
-    predicted facts (it cannot hurt precision) but all of its scene's facts count as missed (recall).
-    Precision is 0 when the corpus states no fact at all. Of `captions(scene)`, every template carries all
-    facts except "there are N shapes" (scenes of 3-4 objects), which names none.
+    Facts are matched as multisets over the whole corpus. A caption that names no object adds no predicted facts
+    (it cannot hurt precision) but all of its scene's facts count as missed (recall). Precision is 0 when the
+    corpus states no fact at all. Of `captions(scene)`, every template carries all facts except "there are N
+    shapes" (scenes of 3-4 objects), which names none, and "a picture of p and q", which states no relation.
     """
     if len(captions) != len(scenes) or not scenes:
         raise ValueError(f"need one caption per scene (at least one), got {len(captions)} and {len(scenes)}")
-    hits = predicted = gold = 0
+    hits = predicted = gold = exact = 0
     for text, scene in zip(captions, scenes):
-        said, true = caption_facts(text), scene_facts(scene)
+        said, true = caption_facts(text, relations), scene_facts(scene, relations)
         hits += sum((said & true).values())
         predicted += sum(said.values())
         gold += sum(true.values())
+        exact += said == true
     precision = hits / predicted if predicted else 0.0
     recall = hits / gold
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": f1, "exact": exact / len(scenes)}
+
+
+def attribute_f1(captions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
+    """Precision, recall and F1 of `scene_f1` over attribute facts only (shape, colour and size of every object).
+    Introduced in notebook 00."""
+    scores = scene_f1(captions, scenes, relations=False)
+    return {name: scores[name] for name in ("precision", "recall", "f1")}
 
 
 def caption_scores(predictions: Sequence[str], scenes: Sequence[Scene]) -> dict[str, float]:
-    """Generated captions against their scenes: attribute F1 / precision / recall (against the scene graph)
-    and BLEU-4, ROUGE-L, CIDEr (against every paraphrase in `language.captions`). Introduced in notebook 03."""
+    """Generated captions against their scenes: scene F1 with relations (`f1`, its precision and recall), the share
+    stating exactly their scene (`exact`), attribute-only F1 (`attr_f1`, ...), and BLEU-4, ROUGE-L, CIDEr against
+    every paraphrase in `language.captions`. Introduced in notebook 03."""
+    scene = scene_f1(predictions, scenes)
     facts = attribute_f1(predictions, scenes)
     text = caption_metrics(predictions, [captions(scene) for scene in scenes])
-    return {"attr_f1": facts["f1"], "attr_precision": facts["precision"], "attr_recall": facts["recall"]} | text
+    return ({"f1": scene["f1"], "precision": scene["precision"], "recall": scene["recall"], "exact": scene["exact"],
+             "attr_f1": facts["f1"], "attr_precision": facts["precision"], "attr_recall": facts["recall"]} | text)
 
 
 # ---------------------------------------------------------------- caption baselines
@@ -289,118 +331,3 @@ def group_scores(s) -> dict[str, float]:
     image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
     mean = lambda hits: hits.float().mean().item()
     return {"text": mean(text), "image": mean(image), "group": mean(text & image)}
-
-
-# ---------------------------------------------------------------- one harness for every strategy
-
-
-@torch.no_grad()
-def embed_images(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """A dual encoder's unit vectors [N, E] for uint8 images [N, 3, H, W], in batches, in eval mode."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
-
-
-@torch.no_grad()
-def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """A dual encoder's unit vectors [N, E] for texts (each <bos> text <eos>), in batches, in eval mode."""
-    model.eval()
-    device, out = next(model.parameters()).device, []
-    for start in range(0, len(texts), batch_size):
-        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
-        out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
-    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
-    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
-    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
-    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
-            "at least one template, each with a '{}' where the class name goes")
-    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
-    emb = embed_texts(model, tokenizer, texts).view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
-    return F.normalize(emb, dim=-1)
-
-
-def zero_shot_attribute(model, tokenizer, image_emb: torch.Tensor, scenes: list[Scene], attribute: str,
-                        templates: Sequence[str] | None = None) -> float:
-    """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
-    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
-    names = ATTRIBUTE_NAMES[attribute]
-    classes = zero_shot_classifier(model, tokenizer, names, templates or prompt_templates(attribute))
-    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
-    return zero_shot_accuracy(image_emb, classes, labels)
-
-
-@torch.no_grad()
-def score_pairs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """A pair scorer's score [N] of each uint8 image [N, 3, H, W] with its own text, in batches, in eval mode."""
-    model.eval()
-    device, out = next(model.parameters()).device, []
-    for start in range(0, len(texts), batch_size):
-        text = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
-        pixels = to_float(images[start : start + batch_size]).to(device)
-        out.append(model.score(pixels, text.input_ids.to(device), text.attention_mask.to(device)))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def image_features(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """A captioner's image features for uint8 images [N, 3, H, W], in batches, in eval mode."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model.image_features(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
-
-
-def _dual_encoder(model, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
-    """Retrieval R@1/5/10 both ways, zero-shot colour and shape, zero-shot colour-shape pairs on the held-out
-    combinations, and the swap probes (the true caption must score higher than its swap for the same image)."""
-    emb = {name: embed_images(model, images) for name, images in bench.images.items()}
-    out = retrieval_metrics(emb["retrieval"], embed_texts(model, tokenizer, [caption(s) for s in bench.retrieval]))
-    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
-    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
-    pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
-    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
-    labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
-    out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
-    for kind, swap in bench.swaps.items():
-        positive, negative = embed_texts(model, tokenizer, swap.positives), embed_texts(model, tokenizer, swap.negatives)
-        out[f"{kind}_acc"] = paired_choice_accuracy((emb[kind] * positive).sum(-1), (emb[kind] * negative).sum(-1))
-    return out
-
-
-def _pair_scorer(model, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
-    """The swap probes scored pair by pair: the true caption must score higher than its swap for the same image."""
-    return {f"{kind}_acc": paired_choice_accuracy(score_pairs(model, tokenizer, bench.images[kind], swap.positives),
-                                                  score_pairs(model, tokenizer, bench.images[kind], swap.negatives))
-            for kind, swap in bench.swaps.items()}
-
-
-def _captioner(model, tokenizer, bench: SceneBench) -> dict[str, float]:
-    """Greedy captions of the scenes: attribute F1 against the scene graph, BLEU-4, ROUGE-L, CIDEr."""
-    said = generate_text(model, tokenizer, image_features(model, bench.images))
-    return {f"caption_{k}": v for k, v in caption_scores(said, bench.scenes).items()}
-
-
-def _vqa(model, tokenizer, bench: SceneBench) -> dict[str, float]:
-    """Greedy answers to the questions (the question is the prompt): accuracy overall and by type."""
-    features = image_features(model, bench.images)[bench.question_scene]
-    answers = generate_text(model, tokenizer, features, [qa.question for qa in bench.questions], max_new_tokens=8)
-    result = vqa_accuracy(answers, [qa.answer for qa in bench.questions], [qa.qtype for qa in bench.questions])
-    return {"vqa_acc": result["overall"]} | {f"vqa_{t}_acc": v for t, v in result["by_type"].items()}
-
-
-SUITES = {"dual_encoder": _dual_encoder, "pair_scorer": _pair_scorer, "captioner": _captioner, "vqa": _vqa}
-
-
-def suite(model, tokenizer, kind: str, bench) -> dict[str, float]:
-    """The fixed metric set of one kind of model on a benchmark (`vlmlab.data.evalsets`): "dual_encoder" and
-    "pair_scorer" on a DualEncoderBench, "captioner" and "vqa" on a SceneBench. The same call measures every
-    strategy, so the showdown compares them with one line each. Introduced in notebook 03."""
-    if kind not in SUITES:
-        raise ValueError(f"kind={kind!r} is not one of {sorted(SUITES)}")
-    return SUITES[kind](model, tokenizer, bench)

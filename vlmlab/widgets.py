@@ -18,7 +18,8 @@ from PIL import Image
 
 from .data.language import captions, hard_negatives, instructions, sample_vqa, vqa_pairs
 from .data.shapes import SPLITS, Scene, ShapesWorld, render_array
-from .evaluate import attribute_f1, embed_images, embed_texts, zero_shot_classifier
+from .evaluate import attribute_f1
+from .harness import embed_images, embed_texts, zero_shot_classifier
 
 
 def describe_scene(scene: Scene) -> str:

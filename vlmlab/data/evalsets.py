@@ -5,7 +5,7 @@ every notebook, so numbers measured in different notebooks are comparable. All a
 `test` split (never trained on) except `heldout_objects`, which uses the colour-shape pairs that no
 training scene contains.
 
-The benchmarks a strategy is measured on (`vlmlab.evaluate.suite`) are built from a small spec, the form a
+The benchmarks a strategy is measured on (`vlmlab.harness.suite`) are built from a small spec, the form a
 checkpoint's record keeps so that `zoo verify` can build the same set again:
 
     build({"kind": "dual_encoder", "seed": 0, "n": 1000})    # notebook 02: retrieval, zero-shot, swaps
@@ -66,6 +66,18 @@ def vqa_questions(scenes: list[Scene], k: int = 3, salt: str = "eval") -> tuple[
     about. Introduced in notebook 03."""
     rows = [(i, qa) for i, scene in enumerate(scenes) for qa in sample_vqa(scene, k, salt)]
     return [i for i, _ in rows], [qa for _, qa in rows]
+
+
+def graph_key(scene: Scene) -> tuple:
+    """A scene graph as a hashable key: its objects' (row, column, shape, colour, size), in order."""
+    return tuple(sorted((o.row, o.col, o.shape, o.color, o.size) for o in scene.objects))
+
+
+def novel(scenes: list[Scene], train_scenes: list[Scene]) -> list[int]:
+    """The indices of `scenes` whose scene graph (shapes, colours, sizes, cells) occurs nowhere in `train_scenes`:
+    the held-out scenes a model cannot have seen in training, whatever it memorised. Introduced in notebook 02."""
+    seen = {graph_key(s) for s in train_scenes}
+    return [i for i, s in enumerate(scenes) if graph_key(s) not in seen]
 
 
 @dataclass

@@ -5,7 +5,7 @@ Every strategy module exposes the same names (the contract; README, "How a strat
     Config        a dataclass with to_dict() / from_dict(): how the model is built, kept in its checkpoint record
     <the models>  nn.Modules built from a Config; `from_config(dict)` rebuilds one from a record
     batch_loss    (model, batch) -> (loss, logs) on the canonical batch keys (`vlmlab.protocols`)
-    measure       (model, tokenizer, bench) -> {metric: value}, through `vlmlab.evaluate.suite`
+    measure       (model, tokenizer, bench) -> {metric: value}, through `vlmlab.harness.suite`
     TARGETS       {profile: {metric: (comparison, threshold)}}: the one place the notebook's targets live
     SAVED         the checkpoints its notebook ships (`vlmlab.zoo.save_model` / `load_model` / `verify`)
 

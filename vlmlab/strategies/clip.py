@@ -8,7 +8,7 @@ and caption i must pick image i. The scale is stored as log(1 / T) and clamped a
 
 Also here: NegCLIP's hard negatives (Yuksekgonul et al. 2023) and `from_hf_clip`, which copies a Hugging Face
 `CLIPModel` into `CLIP` so the parity tests can show that the same weights give the same numbers. Zero-shot
-classifiers, retrieval and the swap probes are measured by `vlmlab.evaluate.suite(model, tok, "dual_encoder", ...)`,
+classifiers, retrieval and the swap probes are measured by `vlmlab.harness.suite(model, tok, "dual_encoder", ...)`,
 which works on any dual encoder.
 
 Letters in the shape comments: B batch, T text length, D tower width, E shared embedding width, C classes.
@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data.evalsets import DualEncoderBench
 from ..data.loaders import to_float
-from ..evaluate import suite
+from ..harness import suite
 from ..hf_convert import hf_block_state, load_exactly
 from ..nn import TextConfig, TextTransformer, ViT, ViTConfig
 from ..params import SavedConfig, require
@@ -222,11 +222,11 @@ def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str
 # Measured, saved, targets
 
 
-def measure(model: CLIP, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
-    """Every notebook-02 number of a dual encoder (`evaluate.suite`, "dual_encoder"): retrieval R@1/5/10 both ways,
-    zero-shot colour and shape, zero-shot colour-shape pairs on the held-out combinations, and paired choice
-    against relation and attribute swaps."""
-    return suite(model, tokenizer, "dual_encoder", bench)
+def measure(model: CLIP, tokenizer, bench: DualEncoderBench, novel: list[int] | None = None) -> dict[str, float]:
+    """Every notebook-02 number of a dual encoder (`harness.suite`, "dual_encoder"): retrieval R@1/5/10 both ways
+    (and on the `novel` retrieval scenes), zero-shot colour and shape, zero-shot colour-shape pairs on the held-out
+    combinations, and paired choice against relation and attribute swaps."""
+    return suite(model, tokenizer, "dual_encoder", bench, novel)
 
 
 SAVED = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP

@@ -30,8 +30,8 @@ from torch import nn
 
 from ..data.evalsets import SceneBench
 from ..data.loaders import TextBatch, encode_texts
-from ..evaluate import suite
 from ..frozen import FrozenParts
+from ..harness import suite
 from ..lm import LanguageModel, default_positions, load_language_model, splice_visual
 from ..nn import Block, LMOutput
 from ..params import SavedConfig, require, require_positive_ints
@@ -265,9 +265,10 @@ def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor
     return parts[0], rest
 
 
-def measure(model: PrefixCaptioner, tokenizer, bench: SceneBench) -> dict[str, float]:
-    """Notebook 04's held-out caption numbers: greedy captions against the scenes (`evaluate.suite`, "captioner")."""
-    return suite(model, tokenizer, "captioner", bench)
+def measure(model: PrefixCaptioner, tokenizer, bench: SceneBench, novel: list[int] | None = None) -> dict[str, float]:
+    """Notebook 04's held-out caption numbers: greedy captions against the scenes (`harness.suite`, "captioner"), on
+    the `novel` scenes too."""
+    return suite(model, tokenizer, "captioner", bench, novel)
 
 
 SAVED = ("frozen-prefix-shapes",)  # what notebook 04 saves: the object-list mapper

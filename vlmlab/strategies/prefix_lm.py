@@ -12,7 +12,7 @@ spec): region tokens (`unimodal.RegionEncoder`, notebook 01's locked ViT and cel
 cell) for the main run, computed once; a linear layer maps them to the language model's width.
 
 Both models are captioners (`vlmlab.protocols.Captioner`): `vlmlab.generation.generate_text` writes with them,
-`vlmlab.protocols.caption_loss` trains them, `vlmlab.evaluate.suite` measures them.
+`vlmlab.protocols.caption_loss` trains them, `vlmlab.harness.suite` measures them.
 
 VirTex (Desai & Johnson 2021), the contrast drawn in notebook 03, keeps the image OUT of the sequence: a
 causal text decoder cross-attends to the image features in every block, and the text never sees itself
@@ -31,8 +31,8 @@ from ..attention import padding_mask, prefix_mask
 from ..data.evalsets import SceneBench
 from ..data.language import QA
 from ..data.loaders import IGNORE_INDEX
-from ..evaluate import suite
 from ..frozen import FrozenParts
+from ..harness import suite
 from ..lm import default_positions, splice_visual
 from ..nn import CausalLM, LMOutput, TextConfig
 from ..params import SavedConfig, require, require_positive_ints
@@ -210,10 +210,10 @@ class VirTex(ImageConditionedLM):
 # ---------------------------------------------------------------- measured, saved, targets
 
 
-def measure(model: ImageConditionedLM, tokenizer, bench: SceneBench) -> dict[str, float]:
-    """Notebook 03's held-out numbers: greedy captions (attribute F1, BLEU-4, ROUGE-L, CIDEr) and greedy answers to
-    three questions per scene (accuracy, overall and by type)."""
-    return suite(model, tokenizer, "captioner", bench) | suite(model, tokenizer, "vqa", bench)
+def measure(model: ImageConditionedLM, tokenizer, bench: SceneBench, novel: list[int] | None = None) -> dict[str, float]:
+    """Notebook 03's held-out numbers: greedy captions (scene F1, exact scenes, attribute F1, BLEU-4, ROUGE-L, CIDEr)
+    and greedy answers to three questions per scene (accuracy, overall and by type); on the `novel` scenes too."""
+    return suite(model, tokenizer, "captioner", bench, novel) | suite(model, tokenizer, "vqa", bench, novel)
 
 
 SAVED = ("prefixlm-shapes",)  # what notebook 03 saves

@@ -1,0 +1,168 @@
+"""One evaluation harness: what a model of any strategy is measured with, through the interfaces of
+`vlmlab.protocols`. Introduced in notebook 02 (embedding helpers, zero-shot) and notebook 03 (`suite`).
+
+    suite(model, tokenizer, "dual_encoder", DualEncoderBench)   retrieval, zero-shot, held-out pairs, swap probes
+    suite(model, tokenizer, "pair_scorer", DualEncoderBench)    the swap probes, scored pair by pair
+    suite(model, tokenizer, "captioner", SceneBench)            scene F1, exact scenes, attribute F1, BLEU, CIDEr
+    suite(model, tokenizer, "vqa", SceneBench)                  VQA accuracy, overall and by question type
+
+It batches, moves to the model's device, puts the model in eval mode and turns uint8 images into the float pixels
+models read; the numbers themselves come from `vlmlab.evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, prompt_templates
+from .data.language import caption
+from .data.loaders import encode_texts, to_float
+from .data.shapes import COLORS, SHAPES, SIZES, Scene
+from .evaluate import (
+    caption_scores,
+    paired_choice_accuracy,
+    retrieval_metrics,
+    retrieval_recall,
+    vqa_accuracy,
+    zero_shot_accuracy,
+)
+from .generation import generate_text
+from .params import require
+
+
+@torch.no_grad()
+def embed_images(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """A dual encoder's unit vectors [N, E] for uint8 images [N, 3, H, W], in batches, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_image(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """A dual encoder's unit vectors [N, E] for texts (each <bos> text <eos>), in batches, in eval mode."""
+    model.eval()
+    device, out = next(model.parameters()).device, []
+    for start in range(0, len(texts), batch_size):
+        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """One unit vector per class, [C, E]: each template filled with the class name ("a picture of a {}"),
+    encoded, L2-normalised, averaged over the templates and normalised again (CLIP's prompt ensembling).
+    An image's class is then the row with the highest cosine similarity. Introduced in notebook 02."""
+    require(len(classnames) >= 1, "classnames", classnames, "at least one class name")
+    require(len(templates) >= 1 and all("{}" in t for t in templates), "templates", templates,
+            "at least one template, each with a '{}' where the class name goes")
+    texts = [template.format(name) for name in classnames for template in templates]  # class-major, C * K texts
+    emb = embed_texts(model, tokenizer, texts).view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(emb, dim=-1)
+
+
+def zero_shot_attribute(model, tokenizer, image_emb: torch.Tensor, scenes: list[Scene], attribute: str,
+                        templates: Sequence[str] | None = None) -> float:
+    """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
+    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
+    names = ATTRIBUTE_NAMES[attribute]
+    classes = zero_shot_classifier(model, tokenizer, names, templates or prompt_templates(attribute))
+    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
+    return zero_shot_accuracy(image_emb, classes, labels)
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """A pair scorer's score [N] of each uint8 image [N, 3, H, W] with its own text, in batches, in eval mode."""
+    model.eval()
+    device, out = next(model.parameters()).device, []
+    for start in range(0, len(texts), batch_size):
+        text = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        pixels = to_float(images[start : start + batch_size]).to(device)
+        out.append(model.score(pixels, text.input_ids.to(device), text.attention_mask.to(device)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def image_features(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """A captioner's image features for uint8 images [N, 3, H, W], in batches, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.image_features(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+
+
+def _subset(metrics: dict[str, float], suffix: str = "_novel") -> dict[str, float]:
+    return {f"{name}{suffix}": value for name, value in metrics.items()}
+
+
+def _dual_encoder(model, tokenizer, bench: DualEncoderBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """Retrieval R@1/5/10 both ways, zero-shot colour and shape, zero-shot colour-shape pairs on the held-out
+    combinations, and the swap probes (the true caption must score higher than its swap for the same image).
+    `novel`: retrieval again for the queries of those retrieval scenes (the whole gallery still competes)."""
+    emb = {name: embed_images(model, images) for name, images in bench.images.items()}
+    texts = embed_texts(model, tokenizer, [caption(s) for s in bench.retrieval])
+    out = retrieval_metrics(emb["retrieval"], texts)
+    if novel:
+        similarity = F.normalize(emb["retrieval"].float(), dim=-1) @ F.normalize(texts.float(), dim=-1).T  # [N, N]
+        out |= _subset({f"i2t_{k}": v for k, v in retrieval_recall(similarity[novel], targets=novel).items()})
+        out |= _subset({f"t2i_{k}": v for k, v in retrieval_recall(similarity.T[novel], targets=novel).items()})
+    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
+    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
+    pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
+    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
+    labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
+    out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
+    for kind, swap in bench.swaps.items():
+        positive, negative = embed_texts(model, tokenizer, swap.positives), embed_texts(model, tokenizer, swap.negatives)
+        out[f"{kind}_acc"] = paired_choice_accuracy((emb[kind] * positive).sum(-1), (emb[kind] * negative).sum(-1))
+    return out
+
+
+def _pair_scorer(model, tokenizer, bench: DualEncoderBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """The swap probes scored pair by pair: the true caption must score higher than its swap for the same image."""
+    return {f"{kind}_acc": paired_choice_accuracy(score_pairs(model, tokenizer, bench.images[kind], swap.positives),
+                                                  score_pairs(model, tokenizer, bench.images[kind], swap.negatives))
+            for kind, swap in bench.swaps.items()}
+
+
+def _captioner(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """Greedy captions of the scenes: scene F1 (with relations), exact scenes, attribute F1, BLEU-4, ROUGE-L,
+    CIDEr; with `novel`, the same on those scenes alone."""
+    said = generate_text(model, tokenizer, image_features(model, bench.images))
+    out = {f"caption_{k}": v for k, v in caption_scores(said, bench.scenes).items()}
+    if novel:
+        out |= _subset({f"caption_{k}": v for k, v in caption_scores([said[i] for i in novel],
+                                                                    [bench.scenes[i] for i in novel]).items()})
+    return out
+
+
+def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """Greedy answers to the questions (the question is the prompt): accuracy overall and by type; with `novel`,
+    the accuracy on the questions about those scenes."""
+    features = image_features(model, bench.images)[bench.question_scene]
+    answers = generate_text(model, tokenizer, features, [qa.question for qa in bench.questions], max_new_tokens=8)
+    truth = [qa.answer for qa in bench.questions]
+    result = vqa_accuracy(answers, truth, [qa.qtype for qa in bench.questions])
+    out = {"vqa_acc": result["overall"]} | {f"vqa_{t}_acc": v for t, v in result["by_type"].items()}
+    if novel:
+        keep = [j for j, i in enumerate(bench.question_scene) if i in set(novel)]
+        out["vqa_acc_novel"] = vqa_accuracy([answers[j] for j in keep], [truth[j] for j in keep])["overall"]
+    return out
+
+
+SUITES = {"dual_encoder": _dual_encoder, "pair_scorer": _pair_scorer, "captioner": _captioner, "vqa": _vqa}
+
+
+def suite(model, tokenizer, kind: str, bench, novel: Sequence[int] | None = None) -> dict[str, float]:
+    """The fixed metric set of one kind of model on a benchmark (`vlmlab.data.evalsets`): "dual_encoder" and
+    "pair_scorer" on a DualEncoderBench, "captioner" and "vqa" on a SceneBench. The same call measures every
+    strategy, so the showdown compares them with one line each. `novel` (`evalsets.novel`: the scenes whose graph
+    the model never trained on) adds the retrieval, caption and VQA numbers on those scenes alone, keys ending in
+    `_novel`. Introduced in notebook 03."""
+    if kind not in SUITES:
+        raise ValueError(f"kind={kind!r} is not one of {sorted(SUITES)}")
+    return SUITES[kind](model, tokenizer, bench, novel)
