@@ -6,6 +6,10 @@ B matching pairs the B x B matrix of cosine similarities, times a learned scale 
 is read as B classification problems per direction: image i must pick caption i among the B captions,
 and caption i must pick image i. The scale is stored as log(1 / T) and clamped at 100, as CLIP does.
 
+SigLIP (Zhai et al. 2023) is the same dual encoder with another loss: every one of the B x B pairs is its own
+binary question (match or not), scored by sigmoid(scale * cos + bias) with a learned bias, so no softmax couples
+the batch (`Config.loss="sigmoid"`, `sigmoid_loss`).
+
 Also here: NegCLIP's hard negatives (Yuksekgonul et al. 2023) and `from_hf_clip`, which copies a Hugging Face
 `CLIPModel` into `CLIP` so the parity tests can show that the same weights give the same numbers. Zero-shot
 classifiers, retrieval and the swap probes are measured by `vlmlab.harness.suite(model, tok, "dual_encoder", ...)`,
@@ -32,6 +36,7 @@ from ..params import SavedConfig, require
 from ..protocols import cosine_score
 
 IMAGE_POOLS = ("cls", "grid")
+LOSSES = ("softmax", "sigmoid")  # CLIP's InfoNCE, SigLIP's pairwise sigmoid
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Config(SavedConfig):
     vision_pre_norm: bool = False  # a LayerNorm before the first ViT block (OpenAI CLIP's ln_pre)
     quick_gelu: bool = False  # x * sigmoid(1.702 x) in every MLP of both towers (OpenAI CLIP's activation)
     image_pool: str = "cls"  # what the image projection reads: the CLS vector (CLIP) or the whole patch grid
+    loss: str = "softmax"  # "sigmoid": SigLIP, which also learns a bias added to every logit
+    init_bias: float = -10.0  # SigLIP starts its bias at -10 (and its temperature at 0.1): most pairs do not match
 
     def __post_init__(self):
         require(isinstance(self.vision, ViTConfig), "vision", type(self.vision).__name__, "a vlmlab.nn.ViTConfig")
@@ -52,6 +59,7 @@ class Config(SavedConfig):
         require(isinstance(self.embed_dim, int) and self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
         require(self.max_logit_scale > 0, "max_logit_scale", self.max_logit_scale, "a number > 0")
         require(self.image_pool in IMAGE_POOLS, "image_pool", self.image_pool, f"one of {IMAGE_POOLS}")
+        require(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
         require(self.init_temperature * self.max_logit_scale >= 1 - 1e-6, "init_temperature", self.init_temperature,
                f"a number >= 1 / max_logit_scale = {1 / self.max_logit_scale:g}")
 
@@ -110,6 +118,8 @@ class CLIP(nn.Module):
             self.logit_scale = nn.Parameter(logit_scale)
         else:
             self.register_buffer("logit_scale", logit_scale)
+        if c.loss == "sigmoid":
+            self.logit_bias = nn.Parameter(torch.tensor(c.init_bias))
 
     @classmethod
     def from_config(cls, config: dict) -> CLIP:
@@ -161,9 +171,11 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """B images and their B captions -> (logits_per_image [B, B], logits_per_text [B, B] = its transpose).
-        Entry [i, j] of logits_per_image is scale * cos(image i, text j)."""
+        Entry [i, j] of logits_per_image is scale * cos(image i, text j), plus the bias with loss="sigmoid"."""
         image_emb, text_emb = self.encode_image(images), self.encode_text(input_ids, attention_mask)  # [B, E] each
         logits_per_image = self.scale * image_emb @ text_emb.T  # [B, B]
+        if self.config.loss == "sigmoid":
+            logits_per_image = logits_per_image + self.logit_bias
         return logits_per_image, logits_per_image.T
 
 
@@ -179,6 +191,16 @@ def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
     targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # [B]
     logits = logits_per_image.float()
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss over the [B, B] logits (scale * cos + bias): each entry is a binary match / no-match question,
+    label +1 on the diagonal and -1 elsewhere; -log sigmoid(label * logit) summed over the B candidates of each
+    image, averaged over images. No softmax ties the batch together. Introduced in notebook 02."""
+    require(logits_per_image.ndim == 2 and logits_per_image.size(0) == logits_per_image.size(1),
+           "logits_per_image.shape", tuple(logits_per_image.shape), "a square [B, B] matrix")
+    labels = 2 * torch.eye(logits_per_image.size(0), device=logits_per_image.device) - 1  # +1 diagonal, -1 elsewhere
+    return -F.logsigmoid(labels * logits_per_image.float()).sum(dim=1).mean()
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
@@ -204,8 +226,10 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
 
 def batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one `caption_collate` batch (uint8 images, captions), in the form `vlmlab.train.fit` takes:
-    (loss, {"temperature": T})."""
+    (loss, {"temperature": T}); CLIP's softmax loss, or SigLIP's sigmoid loss with loss="sigmoid"."""
     logits_per_image, _ = model(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
+    if model.config.loss == "sigmoid":
+        return sigmoid_loss(logits_per_image), {"temperature": model.temperature, "bias": model.logit_bias.item()}
     return clip_loss(logits_per_image), {"temperature": model.temperature}
 
 
