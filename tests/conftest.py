@@ -37,8 +37,8 @@ def tiny_text_config(tok, causal: bool) -> TextConfig:
 
 @pytest.fixture
 def tiny_zoo(user_cache, tok):
-    """tiny-vit, tiny-vit-probe, tiny-gpt, tiny-bert and tiny-bert-head with random weights, saved to the user cache
-    the way notebook 01 saves them; returns their refs {name: {"name", "sha256"}}."""
+    """tiny-vit-detector, tiny-vit-detector-probe, tiny-gpt, tiny-bert and tiny-bert-head with random weights, saved to
+    the user cache the way notebook 01 saves them; returns their refs {name: {"name", "sha256"}}."""
     torch.manual_seed(0)
     vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2))
     gpt, bert = CausalLM(tiny_text_config(tok, True)), TextTransformer(tiny_text_config(tok, False))
@@ -48,8 +48,8 @@ def tiny_zoo(user_cache, tok):
         path = zoo.save_model(name, model, {}, strategy=strategy, dtype=None)
         refs[name] = {"name": name, "sha256": zoo.read_record(path)["sha256"]}
 
-    save("tiny-vit", vit)
-    save("tiny-vit-probe", RegionEncoder(vit, CellProbe(vit.patch_embed.n_patches, 16), refs["tiny-vit"]))
+    save("tiny-vit-detector", vit)
+    save("tiny-vit-detector-probe", RegionEncoder(vit, CellProbe(vit.patch_embed.n_patches, 16), refs["tiny-vit-detector"]))
     save("tiny-gpt", gpt)
     save("tiny-bert", bert)
     save("tiny-bert-head", MaskedLM(bert, MLMHead(32, len(tok)), refs["tiny-bert"]))

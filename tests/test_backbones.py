@@ -81,7 +81,7 @@ def test_preprocess_images_rejects_float_tensors_and_wrong_layouts():
 def test_unknown_name_lists_the_known_names():
     with pytest.raises(ValueError, match="unknown backbone") as info:
         load_image_encoder("resnet-50")
-    assert "efficientnet-lite0" in str(info.value) and "tiny-vit" in str(info.value) and "hf:" in str(info.value)
+    assert "efficientnet-lite0" in str(info.value) and "tiny-vit-detector" in str(info.value) and "hf:" in str(info.value)
     with pytest.raises(ValueError, match=r"load_image_encoder\('efficientnet-lite0'\)"):
         load_text_encoder("efficientnet-lite0")
     with pytest.raises(ValueError, match="hf:<model-id>"):
@@ -107,12 +107,12 @@ def test_missing_package_says_how_to_install_it(monkeypatch, loader, name, modul
 
 def test_tiny_backbone_without_checkpoint_says_to_run_notebook_01():
     with pytest.raises(zoo.CheckpointNotFound, match="run notebook 01") as info:
-        load_image_encoder("tiny-vit")
-    assert "tiny-vit.safetensors" in str(info.value)
+        load_image_encoder("tiny-vit-detector")
+    assert "tiny-vit-detector.safetensors" in str(info.value)
     with pytest.raises(zoo.CheckpointNotFound, match="run notebook 01"):
         load_language_model("tiny-gpt")
     status = backbones.available()
-    assert {status[n].split(" (")[0] for n in ("tiny-vit", "tiny-bert", "tiny-gpt")} == {"run notebook 01"}
+    assert {status[n].split(" (")[0] for n in ("tiny-vit-detector", "tiny-bert", "tiny-gpt")} == {"run notebook 01"}
 
 
 def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
@@ -122,12 +122,13 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
     vit = vnn.ViT(vnn.ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, n_heads=2)).eval()
     text_config = vnn.TextConfig(vocab_size=len(tok), max_len=32, dim=16, depth=1, n_heads=2)
     bert, gpt = vnn.TextTransformer(text_config).eval(), vnn.CausalLM(text_config).eval()
-    for name, model in [("tiny-vit", vit), ("tiny-bert", bert), ("tiny-gpt", gpt)]:
+    for name, model in [("tiny-vit-detector", vit), ("tiny-vit-mae", vit), ("tiny-bert", bert), ("tiny-gpt", gpt)]:
         zoo.save_model(name, model, {}, strategy="unimodal", dtype=None)
-    assert backbones.TINY == ("tiny-vit", "tiny-bert", "tiny-gpt")
+    assert backbones.TINY == ("tiny-vit-detector", "tiny-vit-mae", "tiny-bert", "tiny-gpt")
 
-    image = load_image_encoder("tiny-vit")
-    assert image.dims == {"vector": 16, "grid": (2, 2), "grid_dim": 16} and frozen(image.model)
+    for name in ("tiny-vit-detector", "tiny-vit-mae"):  # the labelled and the label-free ViT load the same way
+        image = load_image_encoder(name)
+        assert image.dims == {"vector": 16, "grid": (2, 2), "grid_dim": 16} and frozen(image.model)
     shapes = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)  # already at the ViT's size: no resize
     torch.testing.assert_close(image.preprocess(shapes), to_float(shapes))
     pixels = image.preprocess(torch.full((1, 3, 20, 20), 255, dtype=torch.uint8))
@@ -156,7 +157,7 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
 def test_image_and_text_vectors_of_many_inputs_keep_their_order(tiny_zoo, tmp_path):
     from vlmlab.encoders import image_vectors, text_vectors
 
-    image = load_image_encoder("tiny-vit")
+    image = load_image_encoder("tiny-vit-detector")
     rng = np.random.default_rng(0)
     paths = []
     for k, size in enumerate([(64, 64), (40, 90), (64, 64)]):

@@ -39,7 +39,7 @@ def scene_batch(tok, bench, key="images"):
 
 
 def tiny_prefix_lm(refs, tok):
-    vision = {"tower": "regions", **refs["tiny-vit-probe"]}
+    vision = {"tower": "regions", **refs["tiny-vit-detector-probe"]}
     config = prefix_lm.Config(vocab_size=len(tok), vision_dim=20, n_image_tokens=9, text_len=30, dim=32, depth=2, n_heads=2,
                               vision=vision)
     bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
@@ -48,7 +48,7 @@ def tiny_prefix_lm(refs, tok):
 
 def tiny_frozen_prefix(refs, tok):
     config = frozen_prefix.Config(mapper="object", in_dim=76, k=2, lm=refs["tiny-gpt"],
-                                  vision={"tower": "objects", **refs["tiny-vit-probe"]})
+                                  vision={"tower": "objects", **refs["tiny-vit-detector-probe"]})
     bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
     return frozen_prefix.PrefixCaptioner(config), scene_batch(tok, bench), bench
 

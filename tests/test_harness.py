@@ -130,7 +130,7 @@ def test_novel_scenes_get_their_own_caption_vqa_and_retrieval_numbers(tiny_zoo, 
 
     torch.manual_seed(0)
     config = prefix_lm.Config(vocab_size=len(tok), text_len=30, dim=32, depth=1, n_heads=2,
-                              vision={"tower": "regions", **tiny_zoo["tiny-vit-probe"]})
+                              vision={"tower": "regions", **tiny_zoo["tiny-vit-detector-probe"]})
     model = prefix_lm.PrefixLM.from_config(config.to_dict())
     bench = SceneBench.build(seed=0, n=6, questions_per_scene=1)
     novel = [1, 4]

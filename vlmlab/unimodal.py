@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import zoo
-from .data.evalsets import SceneBench
+from .data.evalsets import SceneBench, images_of
 from .data.language import caption, vqa_pairs
 from .data.loaders import IGNORE_INDEX, encode_texts, to_float
-from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene
+from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
 from .frozen import FrozenParts, freeze
 from .mlm import MLMHead, mask_tokens
 from .nn import CausalLM, TextTransformer, ViT
+from .train import fit
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
 CLASSES = {name: len(values) + 1 for name, values in ATTRIBUTES.items()}  # 8, 9, 3: with "empty"
@@ -58,28 +59,68 @@ class CellProbe(nn.Module):
 
 
 def scene_parsing_loss(vit: nn.Module, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over cells and attributes. images uint8 [B, 3, H, W], targets [B, 9, 3]."""
-    logits = probe(vit(to_float(images)).patches)
+    """Scene parsing: the probe reads the ViT's patches (`cell_loss`). images uint8 [B, 3, H, W], targets [B, 9, 3]."""
+    return cell_loss(probe(vit(to_float(images)).patches), targets)
+
+
+def cell_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """A CellProbe's logits {attribute: [B, 9, classes]} against targets [B, 9, 3]: cross-entropy averaged over
+    cells and attributes."""
     return sum(F.cross_entropy(logits[name].flatten(0, 1), targets[..., k].flatten())
                for k, name in enumerate(ATTRIBUTES)) / len(ATTRIBUTES)
 
 
-@torch.no_grad()
-def attribute_accuracy(vit: ViT, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor,
-                       batch_size: int = 256) -> dict[str, float]:
+def cell_accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
     """Accuracy of each attribute over the OCCUPIED cells only (empty cells are easy and would inflate it),
-    their mean (`attr_acc`), and how often occupancy itself is right (`occupancy_acc`)."""
-    preds, device = [], next(vit.parameters()).device
-    for i in range(0, len(images), batch_size):
-        logits = probe(vit(to_float(images[i : i + batch_size].to(device))).patches)
-        preds.append(torch.stack([logits[name].argmax(-1) for name in ATTRIBUTES], dim=-1))  # [b, 9, 3]
-    preds = torch.cat(preds).cpu()
+    their mean (`attr_acc`), and how often occupancy itself is right (`occupancy_acc`).
+    logits {attribute: [B, 9, classes]} (a CellProbe's output), targets [B, 9, 3]."""
+    preds = torch.stack([logits[name].argmax(-1) for name in ATTRIBUTES], dim=-1).cpu()  # [B, 9, 3]
     occupied = targets[..., 0] > 0  # [B, 9]
     result = {f"{name}_acc": (preds[..., k] == targets[..., k])[occupied].float().mean().item()
               for k, name in enumerate(ATTRIBUTES)}
     result["attr_acc"] = sum(result.values()) / len(ATTRIBUTES)
     result["occupancy_acc"] = ((preds[..., 0] > 0) == occupied).float().mean().item()
     return result
+
+
+@torch.no_grad()
+def attribute_accuracy(vit: ViT, probe: CellProbe, images: torch.Tensor, targets: torch.Tensor,
+                       batch_size: int = 256) -> dict[str, float]:
+    """`cell_accuracy` of a ViT and its probe on uint8 images [B, 3, H, W]."""
+    device = next(vit.parameters()).device
+    chunks = [probe(vit(to_float(images[i : i + batch_size].to(device))).patches)
+              for i in range(0, len(images), batch_size)]
+    return cell_accuracy({name: torch.cat([c[name] for c in chunks]) for name in ATTRIBUTES}, targets)
+
+
+PROBE_SCENES, PROBE_STEPS = 5000, 1000  # the linear probe's labelled training scenes and its budget
+
+
+def probe_set(n: int = PROBE_SCENES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear probe's labelled training data: the first `n` training scenes of the seed-0 world, as uint8 images
+    [n, 3, 64, 64] and cell targets [n, 9, 3]."""
+    scenes = ShapesWorld(seed=0).scenes(n, "train")
+    return images_of(scenes), torch.stack([cell_targets(s) for s in scenes])
+
+
+def probe_accuracy(vit: ViT, bench: SceneBench, probe_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   steps: int = PROBE_STEPS, lr: float = 3e-3, seed: int = 0) -> dict[str, float]:
+    """How much of what-is-where a frozen ViT's patch vectors hold, with no label ever reaching the ViT: a fresh
+    linear CellProbe trained on them (`probe_set`, computed once, `steps` steps), then `cell_accuracy` on the
+    bench's test scenes. The same probe and budget for every tower compared in notebook 01."""
+    images, targets = probe_data if probe_data is not None else probe_set()
+    features = vit_features(vit, images)[:, 1:]  # [n, N, D]
+    torch.manual_seed(seed)
+    probe = CellProbe(features.size(1), features.size(2))
+
+    def batch(step):
+        return torch.randint(len(features), (256,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+
+    fit(probe, lambda m, idx: cell_loss(m(features[idx]), targets[idx]), batch, steps=steps, lr=lr, seed=seed,
+        device=features.device, progress=False)
+    test_targets = torch.stack([cell_targets(s) for s in bench.scenes])
+    with torch.no_grad():
+        return cell_accuracy(probe.eval()(vit_features(vit, bench.images)[:, 1:]), test_targets)
 
 
 @torch.no_grad()
@@ -97,8 +138,8 @@ class RegionEncoder(FrozenParts):
 
     Early vision-language transformers (VisualBERT, LXMERT, UNITER, OSCAR) read an image this way: as a few
     region vectors from a pre-trained object detector, not as raw patches. Notebook 01's ViT and probe are our
-    detector: 9 tokens instead of 17, each already saying what sits in its cell. Its checkpoint (`tiny-vit-probe`)
-    holds the probe and pins the ViT (`tiny-vit`) by hash."""
+    detector: 9 tokens instead of 17, each already saying what sits in its cell. Its checkpoint (`tiny-vit-detector-probe`)
+    holds the probe and pins the ViT (`tiny-vit-detector`) by hash."""
 
     FROZEN = ("vit",)
 
@@ -181,8 +222,8 @@ TOWERS = ("vit", "regions", "objects")
 
 def vision_tower(spec: dict) -> nn.Module:
     """A frozen vision tower of notebook 01's models, from a spec a config keeps: {"tower": "vit" | "regions" |
-    "objects", "name", "sha256"}: the ViT's hidden states (name tiny-vit), region tokens or object lists (name
-    tiny-vit-probe, the detector). The returned module carries `spec`, with the hash of the file it loaded."""
+    "objects", "name", "sha256"}: the ViT's hidden states (name tiny-vit-detector), region tokens or object lists (name
+    tiny-vit-detector-probe, the detector). The returned module carries `spec`, with the hash of the file it loaded."""
     if spec.get("tower") not in TOWERS:
         raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
     if spec["tower"] == "vit":
@@ -198,7 +239,7 @@ def vision_tower(spec: dict) -> nn.Module:
 
 def region_encoder(root=None) -> RegionEncoder:
     """Notebook 01's detector: the tiny ViT and its cell probe as one RegionEncoder, frozen."""
-    return freeze(zoo.load_model("tiny-vit-probe", root)[0])
+    return freeze(zoo.load_model("tiny-vit-detector-probe", root)[0])
 
 
 def caption_log_prob(scene: Scene, min_objects: int = 1, max_objects: int = 4) -> float:
@@ -294,7 +335,7 @@ class MaskedLM(FrozenParts):
 
 # ---------------------------------------------------------------- the zoo: what notebook 01 saves, measured again
 
-SAVED = ("tiny-vit", "tiny-vit-probe", "tiny-gpt", "tiny-bert", "tiny-bert-head")  # what notebook 01 saves
+SAVED = ("tiny-vit-detector", "tiny-vit-detector-probe", "tiny-vit-mae", "tiny-gpt", "tiny-bert", "tiny-bert-head")  # notebook 01
 N_EVAL = 1000  # held-out test scenes every tiny-backbone number is measured on
 TARGETS = {  # notebook 01's quality targets, on its held-out scenes
     "smoke": {"vit_attr_acc": (">=", 0.98), "gpt_ppl_ratio": ("<=", 1.10)},  # the shipped backbones, TRAIN=False
@@ -317,7 +358,10 @@ def build_tiny(name: str, root=None) -> nn.Module:
 
 def measure(model: nn.Module, tokenizer, bench: SceneBench) -> dict[str, float]:
     """Notebook 01's numbers for one of its models on held-out test scenes: the detector (ViT + probe) by
-    attribute accuracy, the GPT by perplexity against the entropy bound, the BERT by masked-token accuracy."""
+    attribute accuracy, a label-free ViT by a linear probe's, the GPT by perplexity against the entropy bound, the
+    BERT by masked-token accuracy."""
+    if isinstance(model, ViT):
+        return {f"probe_{k}": v for k, v in probe_accuracy(model, bench).items()}
     if isinstance(model, RegionEncoder):
         targets = torch.stack([cell_targets(s) for s in bench.scenes])
         return attribute_accuracy(model.vit.eval(), model.probe.eval(), bench.images, targets)
@@ -326,4 +370,5 @@ def measure(model: nn.Module, tokenizer, bench: SceneBench) -> dict[str, float]:
         return {"val_ppl": ppl, "ppl_bound": grammar_perplexity(tokenizer, bench.scenes)}
     if isinstance(model, MaskedLM):
         return {"mlm_acc": mlm_accuracy(model.eval(), tokenizer, mlm_texts(bench.scenes))}
-    raise TypeError(f"{type(model).__name__} is not one of notebook 01's measured models (RegionEncoder, CausalLM, MaskedLM)")
+    raise TypeError(f"{type(model).__name__} is not one of notebook 01's measured models "
+                    "(ViT, RegionEncoder, CausalLM, MaskedLM)")

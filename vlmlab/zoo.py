@@ -105,7 +105,7 @@ def save_checkpoint(name: str, state_dict: dict[str, torch.Tensor], config: dict
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith((".safetensors", ".json")):
         raise ValueError(f"name={name!r} is not a valid checkpoint name: use letters, digits, '.', '_' and '-' "
-                         "(e.g. 'tiny-vit'), without a file extension")
+                         "(e.g. 'tiny-vit-detector'), without a file extension")
     _check_tensors(state_dict)
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
