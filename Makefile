@@ -33,7 +33,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) $(LAB_DIR)
 
 test: setup
-	$(VENV)/bin/ruff check vlmlab tests bench
+	$(VENV)/bin/ruff check vlmlab tests bench research
 	$(PY) -m pytest -n 2 --dist loadfile tests
 	VLMLAB_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
 
