@@ -10,11 +10,10 @@ Each run writes its numbers to research/results/clip_from_pixels/<name>.json.
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from common import save_result
 from torch import nn
 
 from vlmlab import harness, unimodal
@@ -97,10 +96,7 @@ def main():
               "zs_shape_acc_generic": harness.zero_shot_attribute(model, tok, single, bench.single, "shape",
                                                                   GENERIC_SHAPE_PROMPTS)}
     name = args.name or f"{args.init}_{args.stem}{'_single' if args.single else ''}_{args.pool}_{args.loss}_{args.steps}"
-    out = Path(__file__).parent / "results" / "clip_from_pixels" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    save_result(__file__, name, result)
 
 
 if __name__ == "__main__":

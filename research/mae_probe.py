@@ -8,11 +8,10 @@ Each run writes research/results/mae_probe/mask<ratio>_<steps>.json.
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from common import save_result
 
 from vlmlab import mae, unimodal
 from vlmlab import nn as vnn
@@ -49,10 +48,7 @@ def main():
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_loss": sum(last) / len(last),
               "mae": unimodal.probe_accuracy(model.vit, bench, probe_data),
               "random": unimodal.probe_accuracy(vnn.ViT(config), bench, probe_data)}
-    out = Path(__file__).parent / "results" / "mae_probe" / f"mask{args.mask}_{args.steps}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    save_result(__file__, f"mask{args.mask}_{args.steps}", result)
 
 
 if __name__ == "__main__":

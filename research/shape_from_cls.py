@@ -7,11 +7,10 @@ be expected to find it in a few hundred steps.
 """
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import save_result
 
 from vlmlab import nn as vnn
 from vlmlab.data import evalsets
@@ -50,10 +49,7 @@ def main():
         predicted = model["head"](model["vit"].eval()(to_float(evalsets.images_of(test))).cls).argmax(-1)
     result = {"args": vars(args), "first_loss": history.loss[0], "last_loss": history.loss[-1],
               "shape_acc": (predicted == shapes_of(test)).float().mean().item(), "chance": 1 / len(SHAPES)}
-    out = Path(__file__).parent / "results" / "shape_from_cls" / f"steps{args.steps}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    save_result(__file__, f"steps{args.steps}", result)
 
 
 if __name__ == "__main__":
