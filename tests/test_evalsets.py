@@ -39,12 +39,23 @@ def test_images_of_renders_uint8():
     assert torch.equal(images[1].permute(1, 2, 0), torch.from_numpy(shapes.render_array(scenes[1], 32)))
 
 
-def test_prompt_templates_cover_the_other_words():
-    colour = evalsets.prompt_templates("color")
+def test_vocabulary_templates_cover_the_other_words():
+    colour = evalsets.prompt_templates("color", "vocabulary")
     assert len(colour) == len(shapes.SIZES) * len(shapes.SHAPES) and "a small {} circle" in colour
-    assert "a large red {}" in evalsets.prompt_templates("shape")
+    assert "a large red {}" in evalsets.prompt_templates("shape", "vocabulary")
     with pytest.raises(ValueError, match="attribute='size'"):
         evalsets.prompt_templates("size")
+    with pytest.raises(ValueError, match="kind='world'"):
+        evalsets.prompt_templates("shape", "world")
+
+
+def test_generic_templates_name_no_other_attribute():
+    """CLIP's kind of prompt: the frame around the class name carries no colour, shape or size word."""
+    world_words = set(shapes.COLORS) | set(shapes.SHAPES) | set(shapes.SIZES)
+    for attribute in ("color", "shape", "pair"):
+        templates = evalsets.prompt_templates(attribute)
+        assert templates and all(t.count("{}") == 1 for t in templates)
+        assert not world_words & {w for t in templates for w in t.replace("{}", " ").split()}, attribute
 
 
 def test_vqa_questions_ask_about_their_scene_k_times():

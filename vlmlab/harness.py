@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, prompt_templates
 from .data.language import caption
 from .data.loaders import encode_texts, to_float
-from .data.shapes import COLORS, SHAPES, SIZES, Scene
+from .data.shapes import COLORS, SHAPES, Scene
 from .evaluate import (
     caption_scores,
     paired_choice_accuracy,
@@ -68,7 +68,7 @@ def zero_shot_classifier(model, tokenizer, classnames: Sequence[str], templates:
 def zero_shot_attribute(model, tokenizer, image_emb: torch.Tensor, scenes: list[Scene], attribute: str,
                         templates: Sequence[str] | None = None) -> float:
     """Zero-shot accuracy on one-object scenes: which colour (or shape) is it? Each class is the prompt ensemble
-    over `templates`, by default every caption with the other words filled in (`evalsets.prompt_templates`)."""
+    over `templates`, by default CLIP-style generic frames ('a picture of a {}', `evalsets.prompt_templates`)."""
     names = ATTRIBUTE_NAMES[attribute]
     classes = zero_shot_classifier(model, tokenizer, names, templates or prompt_templates(attribute))
     labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
@@ -100,7 +100,8 @@ def _subset(metrics: dict[str, float], suffix: str = "_novel") -> dict[str, floa
 
 
 def _dual_encoder(model, tokenizer, bench: DualEncoderBench, novel: Sequence[int] | None) -> dict[str, float]:
-    """Retrieval R@1/5/10 both ways, zero-shot colour and shape, zero-shot colour-shape pairs on the held-out
+    """Retrieval R@1/5/10 both ways, zero-shot colour and shape (generic prompts; `_vocab`: the ensemble that
+    enumerates the world's other words), zero-shot colour-shape pairs on the held-out
     combinations, and the swap probes (the true caption must score higher than its swap for the same image).
     `novel`: retrieval again for the queries of those retrieval scenes (the whole gallery still competes)."""
     emb = {name: embed_images(model, images) for name, images in bench.images.items()}
@@ -110,10 +111,12 @@ def _dual_encoder(model, tokenizer, bench: DualEncoderBench, novel: Sequence[int
         similarity = F.normalize(emb["retrieval"].float(), dim=-1) @ F.normalize(texts.float(), dim=-1).T  # [N, N]
         out |= _subset({f"i2t_{k}": v for k, v in retrieval_recall(similarity[novel], targets=novel).items()})
         out |= _subset({f"t2i_{k}": v for k, v in retrieval_recall(similarity.T[novel], targets=novel).items()})
-    out["zs_color_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "color")
-    out["zs_shape_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, "shape")
+    for attribute in ("color", "shape"):
+        out[f"zs_{attribute}_acc"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, attribute)
+        out[f"zs_{attribute}_acc_vocab"] = zero_shot_attribute(model, tokenizer, emb["single"], bench.single, attribute,
+                                                               prompt_templates(attribute, "vocabulary"))
     pairs = [f"{color} {shape}" for shape in SHAPES for color in COLORS]
-    classes = zero_shot_classifier(model, tokenizer, pairs, [f"a {size} {{}}" for size in SIZES])  # 56 classes
+    classes = zero_shot_classifier(model, tokenizer, pairs, prompt_templates("pair"))  # 56 classes
     labels = torch.tensor([pairs.index(f"{s.objects[0].color} {s.objects[0].shape}") for s in bench.heldout])
     out["heldout_combo_acc"] = zero_shot_accuracy(emb["heldout"], classes, labels)
     for kind, swap in bench.swaps.items():

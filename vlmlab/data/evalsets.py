@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..params import require
 from .language import QA, caption, hard_negatives, sample_vqa
 from .shapes import COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
 
@@ -107,15 +108,27 @@ def swap_pairs(kind: str, seed: int = 0, n: int = 1000, split: str = "test") -> 
     return out
 
 
-def prompt_templates(attribute: str) -> list[str]:
-    """Zero-shot prompts for one attribute, one per combination of the other words of a caption:
-    colour -> 'a small {} circle', 'a large {} square', ...; shape -> 'a small red {}', ... Averaging a
-    class's prompts (CLIP's prompt ensembling) marginalises the words the class does not fix."""
+GENERIC_TEMPLATES = {  # CLIP's kind of prompt: a frame around the class name that says nothing else about the scene
+    "shape": ["a {}", "there is a {}", "a picture of a {}", "an image with a {} in it"],
+    "color": ["a {} shape", "there is a {} object", "a picture of a {} shape", "an image with a {} object in it"],
+    "pair": ["a {}", "there is a {}", "a picture of a {}", "an image with a {} in it"],  # 'red star'
+}
+
+
+def prompt_templates(attribute: str, kind: str = "generic") -> list[str]:
+    """Zero-shot prompts for one attribute (introduced in notebook 02). kind='generic': CLIP's sort of template,
+    the same frames for every class ('a picture of a {}'). kind='vocabulary': one prompt per combination of the
+    other words of a caption (colour -> 'a small {} circle', 'a large {} square', ...), an ensemble that needs to
+    know the world's whole vocabulary and so is reported only as an extra."""
+    require(attribute in GENERIC_TEMPLATES, "attribute", attribute, f"one of {tuple(GENERIC_TEMPLATES)}")
+    require(kind in ("generic", "vocabulary"), "kind", kind, "'generic' or 'vocabulary'")
+    if kind == "generic":
+        return list(GENERIC_TEMPLATES[attribute])
     if attribute == "color":
         return [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
     if attribute == "shape":
         return [f"a {size} {color} {{}}" for size in SIZES for color in COLORS]
-    raise ValueError(f"attribute={attribute!r} is not one of {tuple(ATTRIBUTE_NAMES)}")
+    return [f"a {size} {{}}" for size in SIZES]
 
 
 # ---------------------------------------------------------------- benchmarks, built from a spec
