@@ -183,3 +183,32 @@ def test_a_saved_captioner_keeps_no_vision_tower_and_pins_it(tiny_zoo, tmp_path)
     state, record = zoo.load_checkpoint(path)
     assert state.keys() == {k for k in model.state_dict() if not k.startswith("vision.")}
     assert record["depends"] == {"tiny-vit-detector-probe": tiny_zoo["tiny-vit-detector-probe"]["sha256"]}
+
+
+def test_a_pixel_stem_learns_with_the_model_and_is_saved_with_it(tok, tmp_path):
+    """SimVLM's way (notebook 03's main run): the image tokens come from a stem that trains and is kept in the
+    checkpoint, [B, 3, 64, 64] -> [B, 16, vision_dim], one token per 16 px patch."""
+    config = P.Config(vocab_size=len(tok), vision_dim=24, n_image_tokens=16, text_len=24, dim=32, depth=2, n_heads=2,
+                      stem="conv")
+    torch.manual_seed(0)
+    model = P.PrefixLM(config)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert model.image_features(pixels).shape == (2, 16, 24)
+    text = encode_texts(tok, ["", "what color is the star?"], ["a large red star", "red"], max_length=24)
+    batch = {"images": (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8), "input_ids": text.input_ids,
+             "attention_mask": text.attention_mask, "labels": text.labels}
+    P.batch_loss(model, batch)[0].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.stem.parameters())  # the text loss reaches the pixels
+    path = zoo.save_model("p", model.eval(), {}, strategy="prefix_lm", root=tmp_path, dtype=None)
+    assert any(k.startswith("stem.") for k in zoo.load_checkpoint(path)[0])
+    back, _ = zoo.load_model("p", root=tmp_path)
+    torch.testing.assert_close(back.image_features(pixels), model.image_features(pixels))
+
+
+def test_image_tokens_come_from_a_stem_or_a_tower_not_both():
+    with pytest.raises(ValueError, match="stem"):
+        P.Config(stem="resnet")
+    with pytest.raises(ValueError, match="stem"):
+        P.Config(stem="conv", vision={"tower": "regions", "name": "tiny-vit-detector-probe"})
+    with pytest.raises(ValueError, match="a stem or a vision tower"):
+        P.PrefixLM(P.Config()).image_features(torch.zeros(1, 3, 64, 64))

@@ -7,9 +7,10 @@ prefix both ways and writes the continuation one token at a time. Introduced in 
 
 One model does several tasks by choosing the prefix: an empty prefix is captioning, a question is VQA, "a
 large red" is caption completion. SimVLM trains with a random split point: any first part of a caption can be
-the prefix. The image tokens here come from a frozen vision tower (`config.vision`, a `unimodal.vision_tower`
-spec): region tokens (`unimodal.RegionEncoder`, notebook 01's locked ViT and cell probe, one vector per grid
-cell) for the main run, computed once; a linear layer maps them to the language model's width.
+the prefix. The image tokens come either from pixels, through a small convolutional stem trained with the whole
+model (`config.stem="conv"`, `PixelStem`: SimVLM's way, notebook 03's main run), or from a frozen vision tower
+(`config.vision`, a `unimodal.vision_tower` spec), e.g. notebook 01's detector regions, computed once (the
+VisualBERT-era comparison arm). A linear layer maps them to the language model's width.
 
 Both models are captioners (`vlmlab.protocols.Captioner`): `vlmlab.generation.generate_text` writes with them,
 `vlmlab.protocols.caption_loss` trains them, `vlmlab.harness.suite` measures them.
@@ -51,9 +52,13 @@ class Config(SavedConfig):
     n_heads: int = 4
     dropout: float = 0.0
     vision: dict | None = None  # the frozen vision tower (`unimodal.vision_tower` spec); None: features are given
+    stem: str | None = None  # "conv": image tokens learned from pixels by a PixelStem trained with the model
 
     def __post_init__(self):
         require_positive_ints(self, ("vocab_size", "vision_dim", "n_image_tokens", "text_len", "dim", "depth", "n_heads"))
+        require(self.stem in (None, "conv"), "stem", self.stem, "None or 'conv'")
+        require(self.stem is None or self.vision is None, "stem", self.stem,
+                "None when a frozen vision tower is given: the image tokens come from one or the other")
 
     def text_config(self, **changes) -> TextConfig:
         """The transformer's TextConfig: one position table for image tokens and text together."""
@@ -61,8 +66,25 @@ class Config(SavedConfig):
                           depth=self.depth, n_heads=self.n_heads, dropout=self.dropout, causal=True, **changes)
 
 
+class PixelStem(nn.Module):
+    """SimVLM's learned image stem, at this world's size: two stride-2 3x3 convolutions (the early layers that find
+    edges and corners) and a 4 x 4 patchify, [B, 3, 64, 64] -> [B, 16, width], one token per 16 px patch, trained
+    with the whole model. Introduced in notebook 03."""
+
+    def __init__(self, width: int, channels: tuple[int, int] = (32, 64)):
+        super().__init__()
+        a, b = channels
+        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, 32, 32]
+                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, 16, 16]
+                                 nn.Conv2d(b, width, 4, 4))  # [B, width, 4, 4]: one vector per 16 px patch
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.net(pixels).flatten(2).transpose(1, 2))  # [B, 16, width]
+
+
 class ImageConditionedLM(FrozenParts):
-    """What PrefixLM and VirTex share: a frozen vision tower, a linear map from its features to the model's width,
+    """What PrefixLM and VirTex share: image tokens (a learned stem or a frozen tower), a linear map to the model's width,
     and a causal LM (`self.lm`, built by each subclass after the map). Introduced in notebook 03."""
 
     FROZEN = ("vision",)
@@ -70,6 +92,7 @@ class ImageConditionedLM(FrozenParts):
     def __init__(self, config: Config, vision: nn.Module | None = None):
         super().__init__()
         self.config = config
+        self.stem = PixelStem(config.vision_dim) if config.stem == "conv" else None  # learns with the model
         self.visual = nn.Linear(config.vision_dim, config.dim)  # image features -> the LM's width
         self.vision = vision
 
@@ -87,8 +110,10 @@ class ImageConditionedLM(FrozenParts):
         return self.lm.embed(input_ids)  # [B, T, D]
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, 3, H, W] -> what the frozen tower makes of them, [B, N, vision_dim]."""
-        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
+        """pixels [B, 3, H, W] -> the image tokens [B, N, vision_dim]: the learned stem's, or the frozen tower's."""
+        if self.stem is not None:
+            return self.stem(pixels)
+        require(self.vision is not None, "vision", None, "a stem or a vision tower (config.vision), or pass image_features")
         return self.vision(pixels)
 
     def project(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -218,7 +243,8 @@ def measure(model: ImageConditionedLM, tokenizer, bench: SceneBench, novel: list
 
 SAVED = ("prefixlm-shapes",)  # what notebook 03 saves
 TARGETS = {  # notebook 03's quality targets, on its held-out scenes
-    "smoke": {"caption_attr_f1": (">=", 0.90), "vqa_acc": (">=", 0.85)},  # the shipped model, TRAIN=False
-    "cpu": {"caption_attr_f1": (">=", 0.90), "vqa_acc": (">=", 0.85)},
-    "gpu": {"caption_attr_f1": (">=", 0.90), "vqa_acc": (">=", 0.85)},
+    # image tokens learned from pixels; scene F1 counts relations too (notebook 03's evaluation)
+    "smoke": {"caption_f1": (">=", 0.85), "vqa_acc": (">=", 0.80)},  # the shipped model, TRAIN=False
+    "cpu": {"caption_f1": (">=", 0.85), "vqa_acc": (">=", 0.80)},
+    "gpu": {"caption_f1": (">=", 0.85), "vqa_acc": (">=", 0.80)},
 }
