@@ -254,11 +254,12 @@ def measure(model: CLIP, tokenizer, bench: DualEncoderBench, novel: list[int] | 
 
 
 SAVED = ("clip-shapes", "negclip-shapes")  # what notebook 02 saves: after section 4, after NegCLIP
-TARGETS = {  # notebook 02's quality targets, on its held-out sets (the final model: CLIP + NegCLIP)
+TARGETS = {  # notebook 02's quality targets, on its held-out sets (the final model: CLIP + NegCLIP, both towers
+    # learned from image-caption pairs, zero-shot with generic prompts)
     "smoke": {"zs_color_acc": (">=", 0.95), "t2i_r1": (">=", 0.70), "relation_swap_acc_negclip": (">=", 0.85)},
-    "cpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.95), "t2i_r1": (">=", 0.70),
+    "cpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.90), "t2i_r1": (">=", 0.70),
             "relation_swap_acc_negclip": (">=", 0.90)},
-    "gpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.95), "t2i_r1": (">=", 0.70),
+    "gpu": {"zs_color_acc": (">=", 0.95), "zs_shape_acc": (">=", 0.90), "t2i_r1": (">=", 0.70),
             "relation_swap_acc_negclip": (">=", 0.90)},
 }
 
