@@ -10,6 +10,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from clip_from_pixels import ConvStem
 from common import save_result
 
 from vlmlab import nn as vnn
@@ -29,13 +30,18 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stem", default="patch", choices=("patch", "conv"))
+    p.add_argument("--patch", type=int, default=16)
     args = p.parse_args()
 
     scenes = evalsets.single_objects(args.seed, 8000, "train")
     images, labels = evalsets.images_of(scenes), shapes_of(scenes)
     torch.manual_seed(args.seed)
-    model = torch.nn.ModuleDict({"vit": vnn.ViT(vnn.ViTConfig(image_size=64, patch_size=16, dim=96, depth=4, n_heads=4)),
+    model = torch.nn.ModuleDict({"vit": vnn.ViT(vnn.ViTConfig(image_size=64, patch_size=args.patch, dim=96, depth=4, n_heads=4)),
                                  "head": torch.nn.Linear(96, len(SHAPES))})
+
+    if args.stem == "conv":
+        model["vit"].patch_embed = ConvStem(96)
 
     def loss(m, idx):
         return F.cross_entropy(m["head"](m["vit"](to_float(images[idx])).cls), labels[idx])
@@ -49,7 +55,7 @@ def main():
         predicted = model["head"](model["vit"].eval()(to_float(evalsets.images_of(test))).cls).argmax(-1)
     result = {"args": vars(args), "first_loss": history.loss[0], "last_loss": history.loss[-1],
               "shape_acc": (predicted == shapes_of(test)).float().mean().item(), "chance": 1 / len(SHAPES)}
-    save_result(__file__, f"steps{args.steps}", result)
+    save_result(__file__, f"{args.stem}{args.patch}_steps{args.steps}", result)
 
 
 if __name__ == "__main__":

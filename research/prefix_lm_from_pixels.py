@@ -1,0 +1,85 @@
+"""Side runs for notebook 03's open problem: a PrefixLM whose image tokens are learned from pixels, with no label
+anywhere. Which start for the image side reaches the best scene F1 and VQA at notebook 03's budget?
+
+    python research/prefix_lm_from_pixels.py --image conv               # the notebook's PixelStem, from scratch
+    python research/prefix_lm_from_pixels.py --image tiny-clip-vit      # notebook 02's CLIP image tower, trained on
+    python research/prefix_lm_from_pixels.py --image tiny-vit-mae       # notebook 01's MAE ViT, trained on
+
+A ViT start gives its 16 patch vectors as the image tokens and keeps learning with the whole model. Each run
+writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
+"""
+
+import argparse
+import time
+
+import torch
+from common import save_result
+from torch import nn
+
+from vlmlab import backbones, evaluate, harness, unimodal
+from vlmlab.data import evalsets, language, shapes
+from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate
+from vlmlab.generation import generate_text
+from vlmlab.strategies import prefix_lm
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+
+class PatchTokens(nn.Module):
+    """A ViT that keeps training, read as its 16 patch vectors [B, 16, D]."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixels).patches
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", default="conv", help="conv | a zoo or backbone name of a label-free ViT")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n-train", dest="n_train", type=int, default=24_000)
+    p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+
+    tok = load_tokenizer()
+    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
+    images = evalsets.images_of(scenes)
+    qas = [qa for s in scenes for qa in language.sample_vqa(s, 3, salt="train")]
+    prompts, targets = prefix_lm.training_texts([language.caption(s) for s in scenes], qas, seed=args.seed)
+    scene_of = torch.cat([torch.arange(len(scenes)), torch.arange(len(scenes)).repeat_interleave(3)])
+    text = encode_texts(tok, prompts, targets, max_length=32)
+
+    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=16, text_len=32, dim=128, depth=4,
+                              n_heads=4, stem="conv")
+    torch.manual_seed(args.seed)
+    model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
+    if args.image != "conv":
+        vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
+        model.stem = PatchTokens(vit)
+
+    batches = StepBatches(range(len(prompts)), args.batch, indexed_collate(images, text, rows=scene_of), seed=args.seed)
+    start = time.perf_counter()
+    fit(model, prefix_lm.batch_loss, batches, steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+    train_s = time.perf_counter() - start
+
+    test = evalsets.generation_scenes(args.seed, args.n_eval)
+    features = harness.image_features(model, evalsets.images_of(test))
+    captions = evaluate.caption_scores(generate_text(model, tok, features), test)
+    q_index, test_qas = evalsets.vqa_questions(test, k=3)
+    answers = generate_text(model, tok, features[q_index], [qa.question for qa in test_qas], max_new_tokens=8)
+    vqa = evaluate.vqa_accuracy(answers, [qa.answer for qa in test_qas], [qa.qtype for qa in test_qas])
+    result = {"args": vars(args), "train_s": round(train_s, 1), "caption_f1": captions["f1"],
+              "caption_attr_f1": captions["attr_f1"], "caption_exact": captions["exact"], "vqa_acc": vqa["overall"],
+              "vqa_by_type": vqa["by_type"]}
+    save_result(__file__, args.name or f"{args.image}_{args.steps}", result)
+
+
+if __name__ == "__main__":
+    main()
