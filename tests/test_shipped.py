@@ -3,6 +3,7 @@ say, and meet their notebooks' targets."""
 
 import pytest
 import torch
+from known_misses import KNOWN_MISSES
 
 from vlmlab import backbones, runs, zoo
 from vlmlab.strategies import OWNERS
@@ -55,16 +56,6 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("frozen_prefix", "trainable_fraction"): ("frozen-prefix-shapes", "trainable_fraction"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
-KNOWN_MISSES = {  # (owner, metric) -> why the shipped model misses it, as the README's results table says. Strict:
-    # the day a shipped model meets the target, the test fails until the entry is removed.
-    ("clip", "zs_color_acc"): "CLIP from pixels with generic prompts ('a {} shape'): the text tower never read a colour "
-                              "without a shape name; the vocabulary ensemble and a 16-shot probe score higher",
-    ("clip", "zs_shape_acc"): "shape from pixels is unsolved: the contrastive signal does not teach 16 px patches shape "
-                              "within the cpu budget (research/README.md)",
-    ("prefix_lm", "caption_f1"): "image tokens from pixels (a conv stem learned with the model, SimVLM's way) after "
-                                 "1,000 steps: the detector's region tokens meet it, the label-free stem does not",
-    ("prefix_lm", "vqa_acc"): "the same: shape questions stay near chance from pixels",
-}
 
 
 def value(name: str, key: str | tuple[str, str]) -> float:

@@ -1,0 +1,13 @@
+"""The notebooks' targets that their shipped models miss, with why (the README's results table says the same).
+Tests that compare a shipped model with its targets expect exactly these to be missed: the day one is met, they
+fail until its entry is removed."""
+
+KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
+    ("clip", "zs_color_acc"): "CLIP from pixels with generic prompts ('a {} shape'): the text tower never read a colour "
+                              "without a shape name; the vocabulary ensemble and a 16-shot probe score higher",
+    ("clip", "zs_shape_acc"): "shape from pixels is unsolved: the contrastive signal does not teach 16 px patches shape "
+                              "within the cpu budget (research/README.md)",
+    ("prefix_lm", "caption_f1"): "image tokens from pixels (a conv stem learned with the model, SimVLM's way) after "
+                                 "1,000 steps: the detector's region tokens meet it, the label-free stem does not",
+    ("prefix_lm", "vqa_acc"): "the same: shape questions stay near chance from pixels",
+}
