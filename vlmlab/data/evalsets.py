@@ -108,10 +108,11 @@ def swap_pairs(kind: str, seed: int = 0, n: int = 1000, split: str = "test") -> 
     return out
 
 
+_OBJECT_FRAMES = ["a {}", "there is a {}", "a picture of a {}", "an image with a {} in it"]
 GENERIC_TEMPLATES = {  # CLIP's kind of prompt: a frame around the class name that says nothing else about the scene
-    "shape": ["a {}", "there is a {}", "a picture of a {}", "an image with a {} in it"],
+    "shape": _OBJECT_FRAMES,
     "color": ["a {} shape", "there is a {} object", "a picture of a {} shape", "an image with a {} object in it"],
-    "pair": ["a {}", "there is a {}", "a picture of a {}", "an image with a {} in it"],  # 'red star'
+    "pair": _OBJECT_FRAMES,  # a colour-shape pair names an object too: 'a red star'
 }
 
 
