@@ -6,6 +6,7 @@ Introduced in notebook 00.
     python -m vlmlab sweep notebooks/02_contrastive.ipynb -p LR 1e-4,3e-4,1e-3
     python -m vlmlab report runs/cpu
     python -m vlmlab assign                  # student copies in assignments/release/
+    python -m vlmlab grade course/submitted  # nbgrader's autograder over a class: grades.csv
     python -m vlmlab doctor                  # versions, device, backbones, data, checkpoints
     python -m vlmlab zoo list | verify
 
@@ -15,7 +16,7 @@ Exit status: 0 ok, 1 a run or check failed, 2 a bad command line or parameter (n
 papermill, torch and nbgrader are imported inside the commands that use them, so a bad command line is refused at once.
 
 This module is the command line itself; each command lives in its own module: runner (run, run-all, with the
-peak-RSS meter in memory), sweep, report, assign, doctor, zoo; errors holds UsageError.
+peak-RSS meter in memory), sweep, report, assign, grade, doctor, zoo; errors holds UsageError.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 from .assign import cmd_assign
 from .doctor import cmd_doctor
 from .errors import UsageError
+from .grade import cmd_grade
 from .report import cmd_report
 from .runner import cmd_run, cmd_run_all
 from .sweep import cmd_sweep
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="default: every notebooks/*.ipynb with nbgrader cells")
     p.add_argument("--out", default="assignments", help="course folder; copies go to <out>/release/<name>/")
     p.set_defaults(func=cmd_assign)
+    p = sub.add_parser("grade", help="autograde a class's submissions with nbgrader; one CSV of scores per exercise")
+    p.add_argument("submissions", metavar="SUBMITTED", help="<student>/<assignment>/<notebook>.ipynb folders")
+    p.add_argument("--course", help="nbgrader course folder that keeps gradebook.db (default: SUBMITTED's parent)")
+    p.add_argument("--source", default="notebooks", help="folder of the solution notebooks (default: notebooks/)")
+    p.add_argument("--profile", default="smoke", help="VLMLAB_PROFILE the notebooks run with (default: smoke)")
+    p.add_argument("--csv", help="where to write the scores (default: <course>/grades.csv)")
+    p.set_defaults(func=cmd_grade)
     p = sub.add_parser("doctor", help="versions, device, backbones, data sources and checkpoints")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("zoo", help="the checkpoint store")
