@@ -16,14 +16,24 @@ def graded_cells(nb):
     return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") or c.metadata.get("nbgrader", {}).get("solution")]
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_every_notebook_has_two_exercises_with_hidden_tests(notebook):
+PENDING = {"04_frozen_prefix": "notebook 04's exercises are rewritten with the notebook itself (issue 14, part 2)"}
+
+
+@pytest.mark.parametrize("notebook", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING[p.stem], strict=True))
+                                      if p.stem in PENDING else p for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
+def test_every_notebook_has_three_coded_exercises_with_hidden_tests_and_a_written_one(notebook):
+    """At least three exercises whose solution the student copy hides, each with a graded test cell holding hidden
+    tests, and one written answer graded by hand (an nbgrader markdown cell with points)."""
     nb = nbformat.read(notebook, as_version=4)
-    solutions = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("solution")]
-    tests = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("grade")]
-    assert len(solutions) >= 2 and len(tests) >= 2
+    solutions = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("solution") and c.cell_type == "code"]
+    tests = [c for c in graded_cells(nb) if c.metadata["nbgrader"].get("grade") and c.cell_type == "code"]
+    written = [c for c in graded_cells(nb) if c.cell_type == "markdown" and c.metadata["nbgrader"].get("grade")]
+    assert len(solutions) >= 3 and len(tests) >= 3 and len(written) >= 1
     assert all("### BEGIN SOLUTION" in c.source for c in solutions)
     assert all("### BEGIN HIDDEN TESTS" in c.source for c in tests)
+    assert all(c.metadata["nbgrader"].get("points", 0) > 0 and c.metadata["nbgrader"].get("solution") for c in written)
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in graded_cells(nb)]
+    assert len(ids) == len(set(ids)), "grade_id values must be unique within a notebook"
 
 
 @pytest.mark.slow

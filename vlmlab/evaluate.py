@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +132,18 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str], qtypes: Seq
     counts, hits = Counter(qtypes), Counter(t for t, r in zip(qtypes, right) if r)
     by_type = {t: hits[t] / n for t, n in sorted(counts.items())}
     return {"overall": sum(right) / len(right), "count": len(right), "by_type": by_type, "counts": dict(sorted(counts.items()))}
+
+
+def blind_answerer(qas: Sequence) -> Callable:
+    """Notebook 00's blind baseline, fitted on training `qas` (`language.QA`): a function QA -> answer giving the
+    most common training answer to the same question text, else to the same question type, else "yes"."""
+    by_question, by_type = {}, {}
+    for qa in qas:
+        by_question.setdefault(qa.question, Counter())[qa.answer] += 1
+        by_type.setdefault(qa.qtype, Counter())[qa.answer] += 1
+    best_q = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
+    best_t = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    return lambda qa: best_q.get(qa.question, best_t.get(qa.qtype, "yes"))
 
 
 # ---------------------------------------------------------------- captions
