@@ -2,6 +2,7 @@
 (random weights, small sizes) that strategies can pin by hash, so a test builds and saves a real model in seconds."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def tiny_text_config(tok, causal: bool) -> TextConfig:
 
 @pytest.fixture
 def tiny_zoo(user_cache, tok):
-    """tiny-vit-detector, tiny-vit-detector-probe, tiny-gpt, tiny-bert and tiny-bert-head with random weights, saved to
+    """tiny-vit-detector, tiny-vit-detector-probe, tiny-gpt, tiny-lm, tiny-bert and tiny-bert-head with random weights, saved to
     the user cache the way notebook 01 saves them; returns their refs {name: {"name", "sha256"}}."""
     torch.manual_seed(0)
     vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=16, depth=1, n_heads=2))
@@ -51,6 +52,7 @@ def tiny_zoo(user_cache, tok):
     save("tiny-vit-detector", vit)
     save("tiny-vit-detector-probe", RegionEncoder(vit, CellProbe(vit.patch_embed.n_patches, 16), refs["tiny-vit-detector"]))
     save("tiny-gpt", gpt)
+    save("tiny-lm", CausalLM(replace(tiny_text_config(tok, True), max_len=160)))
     save("tiny-bert", bert)
     save("tiny-bert-head", MaskedLM(bert, MLMHead(32, len(tok)), refs["tiny-bert"]))
     return refs

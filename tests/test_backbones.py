@@ -122,9 +122,10 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
     vit = vnn.ViT(vnn.ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, n_heads=2)).eval()
     text_config = vnn.TextConfig(vocab_size=len(tok), max_len=32, dim=16, depth=1, n_heads=2)
     bert, gpt = vnn.TextTransformer(text_config).eval(), vnn.CausalLM(text_config).eval()
-    for name, model in [("tiny-vit-detector", vit), ("tiny-vit-mae", vit), ("tiny-bert", bert), ("tiny-gpt", gpt)]:
+    for name, model in [("tiny-vit-detector", vit), ("tiny-vit-mae", vit), ("tiny-bert", bert), ("tiny-gpt", gpt),
+                        ("tiny-lm", gpt)]:
         zoo.save_model(name, model, {}, strategy="unimodal", dtype=None)
-    assert backbones.TINY == ("tiny-vit-detector", "tiny-vit-mae", "tiny-bert", "tiny-gpt")
+    assert backbones.TINY == ("tiny-vit-detector", "tiny-vit-mae", "tiny-bert", "tiny-gpt", "tiny-lm")
 
     for name in ("tiny-vit-detector", "tiny-vit-mae"):  # the labelled and the label-free ViT load the same way
         image = load_image_encoder(name)
@@ -147,11 +148,12 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
     torch.testing.assert_close(tokens, bert(**batch))
     torch.testing.assert_close(vector.norm(dim=-1), torch.ones(2))
 
-    lm = load_language_model("tiny-gpt")
-    assert lm.dims == {"embed": 16, "vocab": len(tok)} and frozen(lm.model)
-    with torch.no_grad():
-        torch.testing.assert_close(lm.model(**batch).logits, gpt(**batch).logits)
-    assert backbones.available()["tiny-gpt"] == "ok"
+    for name in ("tiny-gpt", "tiny-lm"):  # the caption GPT and the LM of all the world's text load the same way
+        lm = load_language_model(name)
+        assert lm.dims == {"embed": 16, "vocab": len(tok)} and frozen(lm.model)
+        with torch.no_grad():
+            torch.testing.assert_close(lm.model(**batch).logits, gpt(**batch).logits)
+        assert backbones.available()[name] == "ok"
 
 
 def test_image_and_text_vectors_of_many_inputs_keep_their_order(tiny_zoo, tmp_path):

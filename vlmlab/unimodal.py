@@ -7,6 +7,9 @@ Introduced in notebook 01. Three objectives, one per backbone:
   what later notebooks ask of an image encoder: what is where, in which colour and size.
 * tiny GPT, **caption language modelling** (SimVLM's text-only first stage), measured against the exact
   entropy of the caption grammar (`caption_log_prob`): no model can beat that perplexity.
+* tiny LM, **language modelling on all of the world's text** (`data.world_text`: captions, questions and answers,
+  chats, interleaved few-shot text), the frozen LM of notebooks 04, 05, 08 and 09; measured by held-out perplexity
+  per kind of text and by its accuracy on questions asked blind (`world_text_metrics`).
 * tiny BERT, **masked language modelling** on captions and questions.
 """
 
@@ -19,11 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import zoo
-from .data.evalsets import SceneBench, images_of
+from .data.evalsets import SceneBench, WorldTextBench, images_of
 from .data.language import caption, vqa_pairs
 from .data.loaders import IGNORE_INDEX, encode_texts, to_float
 from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
+from .data.world_text import KINDS
+from .evaluate import vqa_accuracy
 from .frozen import FrozenParts, freeze
+from .generation import generate, prompt_ids
 from .mlm import MLMHead, mask_tokens
 from .nn import CausalLM, TextTransformer, ViT
 from .train import fit
@@ -270,7 +276,7 @@ def perplexity(lm: nn.Module, tokenizer, texts: list[str], batch_size: int = 256
     Returns (perplexity, number of predicted tokens)."""
     total, count, device = 0.0, 0, next(lm.parameters()).device
     for i in range(0, len(texts), batch_size):
-        batch = encode_texts(tokenizer, texts[i : i + batch_size])
+        batch = encode_texts(tokenizer, texts[i : i + batch_size], max_length=lm.config.max_len)
         n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())  # the tokens the mean loss is over
         loss = lm(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                   labels=batch.labels.to(device)).loss
@@ -283,6 +289,28 @@ def grammar_perplexity(tokenizer, scenes: list[Scene]) -> float:
     """The entropy bound as a perplexity over the same captions: exp(-sum log P(caption) / predicted tokens)."""
     tokens = sum(len(tokenizer.encode(caption(s))) + 1 for s in scenes)  # + <eos>
     return math.exp(-sum(caption_log_prob(s) for s in scenes) / tokens)
+
+
+@torch.no_grad()
+def blind_answers(lm: nn.Module, tokenizer, questions: list[str], batch_size: int = 256, max_new_tokens: int = 8) -> list[str]:
+    """What a language model answers to each question with no image: greedy, the question as its whole prompt."""
+    lm.eval()
+    device, out = next(lm.parameters()).device, []
+    for i in range(0, len(questions), batch_size):
+        ids, mask = (t.to(device) for t in prompt_ids(tokenizer, questions[i : i + batch_size]))
+        new = generate(lm, input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+def world_text_metrics(lm: nn.Module, tokenizer, bench: WorldTextBench) -> dict[str, float]:
+    """The tiny LM on held-out text: perplexity on each kind of document (`lm_ppl_<kind>`), and its accuracy on
+    questions asked blind (`lm_blind_vqa_acc`, overall and by type): what its prior alone gets right."""
+    out = {f"lm_ppl_{kind}": perplexity(lm, tokenizer, [t for k, t in bench.documents if k == kind])[0] for kind in KINDS}
+    blind = vqa_accuracy(blind_answers(lm, tokenizer, [qa.question for qa in bench.questions]),
+                         [qa.answer for qa in bench.questions], [qa.qtype for qa in bench.questions])
+    return out | {"lm_blind_vqa_acc": blind["overall"]} | {f"lm_blind_vqa_{t}_acc": v for t, v in blind["by_type"].items()}
 
 
 def mlm_texts(scenes: list[Scene]) -> list[str]:
@@ -335,7 +363,8 @@ class MaskedLM(FrozenParts):
 
 # ---------------------------------------------------------------- the zoo: what notebook 01 saves, measured again
 
-SAVED = ("tiny-vit-detector", "tiny-vit-detector-probe", "tiny-vit-mae", "tiny-gpt", "tiny-bert", "tiny-bert-head")  # notebook 01
+SAVED = ("tiny-vit-detector", "tiny-vit-detector-probe", "tiny-vit-mae", "tiny-gpt", "tiny-lm", "tiny-bert",
+         "tiny-bert-head")  # notebook 01
 N_EVAL = 1000  # held-out test scenes every tiny-backbone number is measured on
 TARGETS = {  # notebook 01's quality targets, on its held-out scenes
     "smoke": {"vit_attr_acc": (">=", 0.98), "gpt_ppl_ratio": ("<=", 1.10)},  # the shipped backbones, TRAIN=False
@@ -358,13 +387,15 @@ def build_tiny(name: str, root=None) -> nn.Module:
 
 def measure(model: nn.Module, tokenizer, bench: SceneBench) -> dict[str, float]:
     """Notebook 01's numbers for one of its models on held-out test scenes: the detector (ViT + probe) by
-    attribute accuracy, a label-free ViT by a linear probe's, the GPT by perplexity against the entropy bound, the
-    BERT by masked-token accuracy."""
+    attribute accuracy, a label-free ViT by a linear probe's, the GPT by perplexity against the entropy bound (or,
+    on a WorldTextBench, the tiny LM by `world_text_metrics`), the BERT by masked-token accuracy."""
     if isinstance(model, ViT):
         return {f"probe_{k}": v for k, v in probe_accuracy(model, bench).items()}
     if isinstance(model, RegionEncoder):
         targets = torch.stack([cell_targets(s) for s in bench.scenes])
         return attribute_accuracy(model.vit.eval(), model.probe.eval(), bench.images, targets)
+    if isinstance(model, CausalLM) and isinstance(bench, WorldTextBench):
+        return world_text_metrics(model.eval(), tokenizer, bench)
     if isinstance(model, CausalLM):
         ppl, _ = perplexity(model.eval(), tokenizer, caption_texts(bench.scenes))
         return {"val_ppl": ppl, "ppl_bound": grammar_perplexity(tokenizer, bench.scenes)}

@@ -10,6 +10,7 @@ checkpoint's record keeps so that `zoo verify` can build the same set again:
 
     build({"kind": "dual_encoder", "seed": 0, "n": 1000})    # notebook 02: retrieval, zero-shot, swaps
     build({"kind": "scenes", "seed": 0, "n": 1000})          # notebook 01's backbones, notebooks 03-04: captions, VQA
+    build({"kind": "world_text", "seed": 0, "n": 1000})      # notebook 01's tiny LM: the world's text, blind VQA
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from ..params import require
 from .language import QA, caption, hard_negatives, sample_vqa
 from .shapes import COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
+from .world_text import documents
 
 ATTRIBUTE_NAMES = {"color": COLORS, "shape": SHAPES}
 
@@ -172,12 +174,27 @@ class SceneBench:
         return cls(scenes, images_of(scenes, image_size), index, qas)
 
 
-BENCHES = {"dual_encoder": DualEncoderBench, "scenes": SceneBench}
+@dataclass
+class WorldTextBench:
+    """The text of `n` test scenes (`generation_scenes`): every kind of document `world_text` writes, and
+    `questions_per_scene` questions per scene asked blind. What notebook 01's tiny LM is measured on."""
+
+    scenes: list[Scene]
+    documents: list[tuple[str, str]]  # (kind, text)
+    questions: list[QA]
+
+    @classmethod
+    def build(cls, seed: int = 0, n: int = 1000, questions_per_scene: int = 3) -> WorldTextBench:
+        scenes = generation_scenes(seed, n)
+        return cls(scenes, documents(scenes, seed), vqa_questions(scenes, k=questions_per_scene)[1])
 
 
-def build(spec: dict) -> DualEncoderBench | SceneBench:
-    """The benchmark a spec names: {"kind": "dual_encoder" | "scenes", "seed", "n", ...}; the other keys go to its
-    `build`."""
+BENCHES = {"dual_encoder": DualEncoderBench, "scenes": SceneBench, "world_text": WorldTextBench}
+
+
+def build(spec: dict) -> DualEncoderBench | SceneBench | WorldTextBench:
+    """The benchmark a spec names: {"kind": "dual_encoder" | "scenes" | "world_text", "seed", "n", ...}; the other
+    keys go to its `build`."""
     kind = spec.get("kind")
     if kind not in BENCHES:
         raise ValueError(f"evaluation set kind={kind!r} is not one of {sorted(BENCHES)}")
