@@ -30,6 +30,8 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--scenes", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batching", default="pooled", help="pooled (sort a random pool of 8 batches by length, take one) "
+                   "| windows (a random window of the whole corpus sorted by length) | random")
     p.add_argument("--name", default=None)
     args = p.parse_args()
     kinds = world_text.KINDS if args.kinds == "all" else tuple(args.kinds.split(","))
@@ -44,8 +46,15 @@ def main():
 
     def batch(step):
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        start = torch.randint(len(by_length) - 64 + 1, (1,), generator=g).item()
-        return by_length[start : start + 64]
+        if args.batching == "windows":
+            start = torch.randint(len(by_length) - 64 + 1, (1,), generator=g).item()
+            return by_length[start : start + 64]
+        if args.batching == "random":
+            return torch.randint(len(docs), (64,), generator=g)
+        pool = torch.randint(len(docs), (8 * 64,), generator=g)  # eight batches' worth, drawn at random
+        pool = pool[lengths[pool].argsort()]  # sorted by length
+        k = torch.randint(8, (1,), generator=g).item()
+        return pool[k * 64 : (k + 1) * 64]  # one batch of neighbours in length
 
     def loss(m, idx):
         width = lengths[idx].max()
@@ -67,7 +76,7 @@ def main():
               **{k: round(v, 4) for k, v in metrics.items() if k.startswith("lm_blind") or k.startswith("lm_ppl")},
               "counting_baseline_acc": round(baseline["overall"], 4),
               **{f"counting_{t}_acc": round(v, 4) for t, v in baseline["by_type"].items()}}
-    save_result(__file__, args.name or f"{args.kinds.replace(',', '+')}-{args.steps}", result)
+    save_result(__file__, args.name or f"{args.kinds.replace(',', '+')}-{args.steps}-{args.batching}", result)
 
 
 if __name__ == "__main__":
