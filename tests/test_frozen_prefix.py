@@ -60,6 +60,20 @@ def test_mappers_turn_image_features_into_k_prefix_vectors(mapper):
     assert mapper(torch.randn(5, 4, 8)).shape == (5, 3, 32)
 
 
+def test_the_transformer_mapper_reads_one_vector_as_one_token():
+    mapper = FP.TransformerMapper(8, 32, k=3, dim=16)  # ClipCap's transformer mapper, given CLIP's embedding
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(mapper(x), mapper(x[:, None]))
+    assert mapper(x).shape == (5, 3, 32)
+
+
+def test_the_linear_mapper_writes_one_prefix_vector_per_image_token():
+    mapper = FP.LinearMapper(8, 32)  # Frozen's
+    x = torch.randn(5, 17, 8)
+    torch.testing.assert_close(mapper(x), x @ mapper.proj.weight.T + mapper.proj.bias)
+    assert mapper(x).shape == (5, 17, 32) and not mapper.deep
+
+
 def test_the_mlp_mapper_reads_only_the_first_token():
     mapper = FP.MLPMapper(8, 32, k=2, hidden=16)
     x = torch.randn(2, 4, 8)
@@ -140,19 +154,33 @@ def test_generate_text_overfits_two_images(tok):
     assert generate_text(model, tok, features) == captions
 
 
-def test_interleave_builds_one_sequence_and_refuses_one_too_long(tok):
+def test_interleave_builds_one_sequence_whose_shots_restart_their_positions(tok):
     model = captioner(small_lm(max_len=24), mapper="mlp", in_dim=8, k=3, hidden=16)
     shot = (torch.randn(4, 8), "a large red star")
-    n_shot = 3 + 1 + len(tok.encode("a large red star"))
-    first, rest = FP.interleave(model, tok, [shot], torch.randn(4, 8), "a")
-    assert first.shape == (1, 3, 32) and rest.shape == (1, n_shot - 3 + 3 + 1 + 1, 32)
-    torch.testing.assert_close(first, model.mapper(shot[0][None]))  # the first image's prefix opens the sequence
-    mask = torch.ones(1, rest.size(1), dtype=torch.long)
-    assert model(prefix=first, inputs_embeds=rest, attention_mask=mask).logits.shape == (1, n_shot + 3 + 1 + 1, 512)
-    new = generate(model, inputs_embeds=rest, attention_mask=mask, condition={"prefix": first}, max_new_tokens=2)
-    assert new.shape[0] == 1 and 1 <= new.shape[1] <= 2  # the model continues the few-shot prompt
+    n_text = 1 + len(tok.encode("a large red star"))  # <bos> and the words
+    embeds, positions = FP.interleave(model, tok, [shot], torch.randn(4, 8), "a")
+    assert embeds.shape == (1, 3 + n_text + 3 + 2, 32) and positions.shape == (1, embeds.shape[1])
+    torch.testing.assert_close(embeds[:, :3], model.mapper(shot[0][None]))  # the first image's prefix opens the prompt
+    bos = model.embed(torch.tensor([[tok.bos_token_id]]))
+    torch.testing.assert_close(embeds[:, 3:4], bos)  # each shot's text opens with <bos>, the query's too
+    torch.testing.assert_close(embeds[:, 3 + n_text + 3 : 3 + n_text + 4], bos)
+    assert positions[0].tolist() == [0] * 3 + list(range(n_text)) + [0] * 3 + [0, 1]  # every shot from 0
+    logits = model.lm(inputs_embeds=embeds, attention_mask=torch.ones(1, embeds.shape[1], dtype=torch.long),
+                      position_ids=positions).logits
+    assert logits.shape == (1, embeds.shape[1], 512) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="max_len=24"):
         FP.interleave(model, tok, [shot] * 3, torch.randn(4, 8))
+
+
+def test_interleave_refuses_a_deep_prefix_by_name(tok):
+    model = captioner(mapper="deep", in_dim=8, k=2, dim=16)
+    with pytest.raises(ValueError, match="^model="):
+        FP.interleave(model, tok, [], torch.randn(4, 8))
+
+
+def test_shot_positions_restart_at_every_shot_and_put_each_prefix_at_zero():
+    assert FP.shot_positions([3, 2], 2).tolist() == [0, 0, 0, 1, 2, 0, 0, 0, 1]
+    assert FP.shot_positions([1], 1).tolist() == [0, 0]
 
 
 def test_a_saved_captioner_holds_its_mapper_and_loads_back_on_the_pinned_lm(tiny_zoo, tmp_path):

@@ -150,6 +150,19 @@ def test_vision_towers_load_the_pinned_files_and_carry_their_spec(tiny_zoo):
         vision_tower({"tower": "patches", **tiny_zoo["tiny-vit-detector"]})
 
 
+def test_the_clip_towers_are_notebook_02s_image_tower_and_embedding(user_cache):
+    pixels = to_float(ShapesDataset(ShapesWorld(seed=0), "train", 2).images)
+    clip, record = zoo.load_model("clip-shapes")  # the shipped one: the user cache is empty
+    tokens = vision_tower({"tower": "clip", "name": "clip-shapes"})
+    embedding = vision_tower({"tower": "clip-embedding", "name": "clip-shapes", "sha256": record["sha256"]})
+    for model in (tokens, embedding):
+        assert model.spec["sha256"] == record["sha256"] and not any(p.requires_grad for p in model.parameters())
+    assert "text_tower" not in dict(embedding.named_children())  # a captioner keeps the image side only
+    with torch.no_grad():
+        torch.testing.assert_close(tokens(pixels), clip.image_tower(pixels).hidden)  # [2, 17, D]
+        torch.testing.assert_close(embedding(pixels), clip.encode_image(pixels))  # [2, E], unit vectors
+
+
 EVALSET = {"kind": "scenes", "seed": 0, "n": 40}
 
 

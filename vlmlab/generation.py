@@ -249,4 +249,4 @@ def continuation_logprob(model, tokenizer, image_features: torch.Tensor, prompts
     logits = model(input_ids=ids, attention_mask=mask, **model.condition(image_features.to(device))).logits
     logits = logits[:, -ids.size(1) : -1].float()  # [B, T - 1]: the text's positions (visual ones come first), t scores t + 1
     logp = F.log_softmax(logits, dim=-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None]).squeeze(-1)  # [B, T - 1]
-    return (logp * (labels[:, 1:] != IGNORE_INDEX)).sum(dim=1).cpu()
+    return logp.masked_fill(labels[:, 1:] == IGNORE_INDEX, 0.0).sum(dim=1).cpu()  # not a product: -inf * 0 is NaN

@@ -223,22 +223,34 @@ class ObjectLister(nn.Module):
         return object_list(self.regions(pixels))
 
 
-TOWERS = ("vit", "regions", "objects")
+TOWERS = ("vit", "regions", "objects", "clip", "clip-embedding")
+
+
+class CLIPEmbedding(nn.Module):
+    """CLIP's image embedding (notebook 02): pixels [B, 3, H, W] -> the unit vector [B, E] its contrastive loss
+    compares with captions, the vector ClipCap's mapper reads. Keeps the image tower and its projection only (the
+    text tower is not part of a captioner). Notebook 04."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.image_tower, self.image_proj, self.pool = clip.image_tower, clip.image_proj, clip.config.image_pool
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.image_tower(pixels)
+        return F.normalize(self.image_proj(out.cls if self.pool == "cls" else out.patches.flatten(1)), dim=-1)
 
 
 def vision_tower(spec: dict) -> nn.Module:
-    """A frozen vision tower of notebook 01's models, from a spec a config keeps: {"tower": "vit" | "regions" |
-    "objects", "name", "sha256"}: the ViT's hidden states (name tiny-vit-detector), region tokens or object lists (name
-    tiny-vit-detector-probe, the detector). The returned module carries `spec`, with the hash of the file it loaded."""
+    """A frozen vision tower, from a spec a config keeps: {"tower", "name", "sha256"}. Towers: "vit", a ViT's hidden
+    states [B, 1 + N, D] (name tiny-vit-detector or tiny-vit-mae); "regions" or "objects", the detector's region tokens
+    or object lists (name tiny-vit-detector-probe); "clip", the hidden states of a CLIP's image tower, and
+    "clip-embedding", its image embedding [B, E] (name clip-shapes, notebook 02's). The returned module carries
+    `spec`, with the hash of the file it loaded."""
     if spec.get("tower") not in TOWERS:
         raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
-    if spec["tower"] == "vit":
-        vit, ref = load(spec["name"], spec.get("sha256"))
-        tower = ViTFeatures(vit)
-    else:
-        regions, record = zoo.load_model(spec["name"], sha256=spec.get("sha256"))
-        ref = zoo.ref_of(record)
-        tower = regions if spec["tower"] == "regions" else ObjectLister(regions)
+    model, ref = load(spec["name"], spec.get("sha256"))
+    tower = {"vit": lambda: ViTFeatures(model), "regions": lambda: model, "objects": lambda: ObjectLister(model),
+             "clip": lambda: ViTFeatures(model.image_tower), "clip-embedding": lambda: CLIPEmbedding(model)}[spec["tower"]]()
     tower.spec = {"tower": spec["tower"]} | ref
     return freeze(tower)
 
