@@ -16,11 +16,7 @@ def graded_cells(nb):
     return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") or c.metadata.get("nbgrader", {}).get("solution")]
 
 
-PENDING = {"04_frozen_prefix": "notebook 04's exercises are rewritten with the notebook itself (issue 14, part 2)"}
-
-
-@pytest.mark.parametrize("notebook", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING[p.stem], strict=True))
-                                      if p.stem in PENDING else p for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_notebook_has_three_coded_exercises_with_hidden_tests_and_a_written_one(notebook):
     """At least three exercises whose solution the student copy hides, each with a graded test cell holding hidden
     tests, and one written answer graded by hand (an nbgrader markdown cell with points)."""

@@ -52,7 +52,8 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("clip", "relation_swap_acc_negclip"): ("negclip-shapes", "relation_swap_acc"),
     ("prefix_lm", "caption_f1"): ("prefixlm-shapes", "caption_f1"),
     ("prefix_lm", "vqa_acc"): ("prefixlm-shapes", "vqa_acc"),
-    ("frozen_prefix", "caption_attr_f1"): ("frozen-prefix-shapes", "caption_attr_f1"),
+    ("frozen_prefix", "caption_f1"): ("frozen-prefix-shapes", "caption_f1"),
+    ("frozen_prefix", "vqa_acc"): ("frozen-prefix-shapes", "vqa_acc"),
     ("frozen_prefix", "trainable_fraction"): ("frozen-prefix-shapes", "trainable_fraction"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
@@ -81,7 +82,7 @@ def test_shipped_checkpoints_meet_their_notebooks_targets(owner, metric):
 def test_shipped_frozen_prefix_mapper_is_under_a_tenth_of_the_captioner(user_cache):
     m = shipped_record("frozen-prefix-shapes")["metrics"]
     model, _ = zoo.load_model("frozen-prefix-shapes", zoo.SHIPPED)
-    frozen = [model.vision, model.lm]  # the vision tower is the ViT and its cell probe
+    frozen = [model.vision, model.lm]  # the vision tower is notebook 02's CLIP image side
     total = sum(p.numel() for module in frozen for p in module.parameters())
     n = sum(p.numel() for p in model.mapper.parameters())
     assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)  # the mapper is all that trains
