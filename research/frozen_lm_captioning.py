@@ -1,0 +1,117 @@
+"""Side runs for notebook 04: which mapper, on label-free vision, lets the frozen tiny LM caption the Shapes World?
+
+    python research/frozen_lm_captioning.py --arm clipcap-mlp --steps 600
+    python research/frozen_lm_captioning.py --arm mapl --steps 600
+    python research/frozen_lm_captioning.py --arm frozen --steps 600
+
+Arms: clipcap-mlp (CLIP image embedding -> MLP -> k vectors), clipcap-transformer (the embedding as one token, k
+learned queries), mapl (all 17 CLIP-ViT tokens, k learned queries), frozen (the CLIP ViT trains, each token mapped
+linearly), deep (all tokens -> k keys and values per layer). Writes research/results/frozen_lm_captioning/<name>.json.
+"""
+
+import argparse
+import time
+
+import torch
+from common import save_result
+
+from vlmlab import evaluate, frozen, harness, unimodal, zoo
+from vlmlab.data import evalsets, language, shapes
+from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate, to_float
+from vlmlab.generation import generate_text
+from vlmlab.lm import load_language_model
+from vlmlab.strategies import frozen_prefix
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+
+class Tokens(torch.nn.Module):
+    """CLIP's image tower, read as all its tokens [B, 17, D] (it trains in the frozen arm)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixels):
+        return self.vit(pixels).hidden
+
+
+class LinearTokens(torch.nn.Module):
+    deep = False
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--arm", default="clipcap-mlp")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
+    p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lm", default="tiny-lm")
+    p.add_argument("--vision", default="clip", help="clip (notebook 02, no label) | detector (notebook 01, labels)")
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    tok = load_tokenizer()
+    clip = zoo.load_model("clip-shapes")[0].eval()
+    if args.vision == "detector":
+        clip.image_tower.load_state_dict(unimodal.build_tiny("tiny-vit-detector").state_dict())
+    lm = load_language_model({"name": args.lm, "sha256": None})
+    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
+    images = evalsets.images_of(scenes)
+    test = evalsets.generation_scenes(args.seed, args.n_eval)
+    test_images = evalsets.images_of(test)
+
+    @torch.no_grad()
+    def feats(imgs):
+        if args.arm.startswith("clipcap"):
+            e = torch.cat([clip.encode_image(to_float(c)) for c in imgs.split(512)])
+            return e if args.arm == "clipcap-mlp" else e[:, None]
+        return torch.cat([clip.image_tower(to_float(c)).hidden for c in imgs.split(512)])
+
+    text = encode_texts(tok, [""] * len(scenes), [language.caption(s) for s in scenes], max_length=lm.max_len - args.k)
+    D = clip.config.vision.dim
+    if args.arm == "frozen":
+        config = frozen_prefix.Config(mapper=None, in_dim=D, k=17, lm=lm.ref, train_vision=True)
+        model = frozen_prefix.PrefixCaptioner(config, lm=lm, vision=Tokens(clip.image_tower), mapper=LinearTokens(D, lm.dim))
+        collate = indexed_collate(images, text)
+        test_in = test_images
+    else:
+        x = feats(images)
+        in_dim = x.shape[-1]
+        kind = {"clipcap-mlp": "mlp", "clipcap-transformer": "transformer", "mapl": "transformer", "deep": "deep"}[args.arm]
+        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=args.k if kind != "deep" else 4, lm=lm.ref)
+        model = frozen_prefix.PrefixCaptioner(config, lm=lm)
+        collate = indexed_collate(x, text, key="image_features")
+        test_in = feats(test_images)
+    start = time.perf_counter()
+    fit(model, frozen_prefix.batch_loss, StepBatches(range(len(scenes)), args.batch, collate, seed=args.seed),
+        steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+    seconds = time.perf_counter() - start
+    model.eval()
+    if args.arm == "frozen":
+        test_in = harness.image_features(model, test_images)
+    said = generate_text(model, tok, test_in)
+    r = evaluate.caption_scores(said, test)
+    parts = {"vision": model.vision if args.arm == "frozen" else clip.image_tower, "mapper": model.mapper, "lm": lm}
+    total = frozen.parameter_table(parts)[-1]
+    for s, c in list(zip(test, said))[:4]:
+        print(repr(language.caption(s)), "->", repr(c))
+    save_result(__file__, args.name or f"{args.arm}-{args.vision}-{args.steps}", {
+        "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": args.k, "seed": args.seed, "lm": args.lm,
+        "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
+        "exact": round(r["exact"], 4), "trainable_fraction": round(total["trainable"] / total["params"], 4)})
+
+
+if __name__ == "__main__":
+    main()
