@@ -1,7 +1,7 @@
 """One interface over the language models a strategy steers, and the splice that puts visual tokens into them.
 Introduced in notebook 04.
 
-    lm = load_language_model({"name": "tiny-gpt"})     # notebook 01's tiny GPT, or "smollm2-135m", "hf:<id>"
+    lm = load_language_model({"name": "tiny-lm"})      # notebook 01's tiny LM (or tiny-gpt), "smollm2-135m", "hf:<id>"
     lm.embed(ids)                                      # [B, T, D] token embeddings, the form inputs_embeds takes
     lm(inputs_embeds=..., attention_mask=..., position_ids=..., labels=..., cache=..., use_cache=...) -> LMOutput
     lm.dim, lm.n_layers, lm.max_len, lm.kv_dim, lm.freeze(), lm.checksum()

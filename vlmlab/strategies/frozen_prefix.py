@@ -159,7 +159,7 @@ class Config(SavedConfig):
     dim: int = 64  # the transformer mappers' width, depth and heads
     depth: int = 1
     n_heads: int = 4
-    restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (the tiny GPT)
+    restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (the tiny LM read every document from 0)
     freeze_lm: bool = True  # False: the LM trains too (LLaVA's second stage)
     train_vision: bool = False  # True: the vision tower trains too (Frozen)
     lm: dict = field(default_factory=lambda: {"name": "tiny-lm", "sha256": None})
