@@ -15,7 +15,7 @@ from vlmlab.data.loaders import IGNORE_INDEX, StepBatches, encode_texts, indexed
 from vlmlab.encoders import image_vectors, preprocess_images
 from vlmlab.evaluate import caption_metrics, most_common_caption, nearest_neighbour_captions
 from vlmlab.frozen import checksum, parameter_table
-from vlmlab.generation import generate, generate_text
+from vlmlab.generation import generate_text
 from vlmlab.lm import wrap_language_model
 from vlmlab.nn import CausalLM, TextConfig, ViT, ViTConfig
 from vlmlab.strategies import frozen_prefix as FP

@@ -154,12 +154,12 @@ class Config(SavedConfig):
 
     mapper: str | None = "object"  # one of MAPPERS; None: a mapper of your own, given to the constructor
     in_dim: int = 76  # width of the image features the mapper reads (the object list: 4 x 18 + 4)
-    k: int = 3  # prefix vectors (input prefix; the "linear" mapper writes one per image token), or past positions per layer (deep prefix)
+    k: int = 3  # prefix vectors of an input prefix ("linear": one per image token), or past positions per layer (deep)
     hidden: int = 256  # the MLP mapper's hidden width
     dim: int = 64  # the transformer mappers' width, depth and heads
     depth: int = 1
     n_heads: int = 4
-    restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (the tiny LM read every document from 0)
+    restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (as the tiny LM read it)
     freeze_lm: bool = True  # False: the LM trains too (LLaVA's second stage)
     train_vision: bool = False  # True: the vision tower trains too (Frozen)
     lm: dict = field(default_factory=lambda: {"name": "tiny-lm", "sha256": None})
@@ -278,7 +278,8 @@ def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor
     """Frozen's few-shot prompt for an input-prefix captioner: [prefix(img_1)] <bos> text_1 [prefix(img_2)] <bos>
     text_2 ... [prefix(query)] <bos> query_text. Each shot is (image features, text). Returns the embeddings
     [1, S, D] and their positions [1, S] (`shot_positions`: every shot from 0). Introduced in notebook 04."""
-    require(not model.mapper.deep, "model", "a deep-prefix captioner", "an input-prefix captioner (a deep prefix has no place mid-prompt)")
+    require(not model.mapper.deep, "model", "a deep-prefix captioner",
+            "an input-prefix captioner (a deep prefix has no place mid-prompt)")
     device = next(model.parameters()).device
     parts, lengths = [], []
     for features, text in [*shots, (query, query_text)]:
@@ -286,7 +287,8 @@ def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor
         parts += [model.mapper(features[None].to(device)), model.embed(ids)]
         lengths.append(ids.size(1))
     embeds = torch.cat(parts, dim=1)  # [1, S, D]
-    require(embeds.size(1) <= model.lm.max_len, "shots", f"{embeds.size(1)} positions", f"at most the LM's max_len={model.lm.max_len}")
+    require(embeds.size(1) <= model.lm.max_len, "shots", f"{embeds.size(1)} positions",
+            f"at most the LM's max_len={model.lm.max_len}")
     return embeds, shot_positions(lengths, parts[0].size(1)).to(device)[None]
 
 
