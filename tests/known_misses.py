@@ -13,6 +13,7 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
                                      "the mapper on the detector's labelled ViT does no better at these steps, and even "
                                      "the object list reaches 0.64, so the frozen LM is slow to steer; shape is not in the tower",
-    ("frozen_prefix", "vqa_acc"): "the frozen LM's prior answers ('there is no star' to colour questions) outweigh what "
-                                  "the prefix says within 400 steps; the object-list upper bound reaches 0.35",
+    ("frozen_prefix", "vqa_acc"): "the frozen LM answers colour and size questions 'there is no <a fixed object>' (it never "
+                                  "learned to copy the name from the question) and 400 steps of prefix do not override it; "
+                                  "the object-list upper bound reaches 0.35",
 }
