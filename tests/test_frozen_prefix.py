@@ -15,7 +15,7 @@ from vlmlab.data.loaders import IGNORE_INDEX, StepBatches, encode_texts, indexed
 from vlmlab.encoders import image_vectors, preprocess_images
 from vlmlab.evaluate import caption_metrics, most_common_caption, nearest_neighbour_captions
 from vlmlab.frozen import checksum, parameter_table
-from vlmlab.generation import generate_text
+from vlmlab.generation import generate, generate_text
 from vlmlab.lm import wrap_language_model
 from vlmlab.nn import CausalLM, TextConfig, ViT, ViTConfig
 from vlmlab.strategies import frozen_prefix as FP
@@ -170,6 +170,23 @@ def test_interleave_builds_one_sequence_whose_shots_restart_their_positions(tok)
     assert logits.shape == (1, embeds.shape[1], 512) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="max_len=24"):
         FP.interleave(model, tok, [shot] * 3, torch.randn(4, 8))
+
+
+def test_the_shot_prompted_lm_generates_what_a_step_by_step_greedy_loop_does(tok):
+    torch.manual_seed(0)
+    model = captioner(small_lm(max_len=48), mapper="mlp", in_dim=8, k=3, hidden=16).eval()
+    embeds, positions = FP.interleave(model, tok, [(torch.randn(8), "a large red star")], torch.randn(8))
+    expected, e, p = [], embeds, positions  # the LM stepped by hand, positions counting on from the prompt's last
+    with torch.no_grad():
+        for _ in range(6):
+            token = int(model.lm(inputs_embeds=e, attention_mask=torch.ones(e.shape[:2], dtype=torch.long),
+                                 position_ids=p).logits[0, -1].argmax())
+            expected.append(token)
+            e, p = torch.cat([e, model.lm.embed(torch.tensor([[token]]))], dim=1), torch.cat([p, p[:, -1:] + 1], dim=1)
+    for use_cache in (True, False):
+        new = generate(FP.ShotPrompted(model.lm), inputs_embeds=embeds, condition={"positions": positions},
+                       max_new_tokens=6, use_cache=use_cache)
+        assert new[0].tolist() == expected
 
 
 def test_interleave_refuses_a_deep_prefix_by_name(tok):

@@ -292,6 +292,30 @@ def interleave(model: PrefixCaptioner, tokenizer, shots: list[tuple[torch.Tensor
     return embeds, shot_positions(lengths, parts[0].size(1)).to(device)[None]
 
 
+class ShotPrompted(nn.Module):
+    """The frozen LM reading an interleaved few-shot prompt whose positions restart at every shot (`interleave`), as
+    a model `generation.generate` drives: the prompt's positions [B, S] are its condition, and every token after the
+    prompt counts on from the prompt's last position. Introduced in notebook 04."""
+
+    def __init__(self, lm: LanguageModel):
+        super().__init__()
+        self.lm = lm
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.embed(input_ids)
+
+    def forward(self, *, positions: torch.Tensor, input_ids=None, inputs_embeds=None, attention_mask: torch.Tensor,
+                labels=None, cache=None, use_cache: bool = False) -> LMOutput:
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        if cache is None:  # the prompt itself
+            position_ids = positions
+        else:  # new tokens: after the prompt's last position, counting what was read since
+            since = attention_mask.size(1) - x.size(1) - positions.size(1)
+            position_ids = positions[:, -1:] + 1 + since + torch.arange(x.size(1), device=x.device)
+        return self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+                       cache=cache, use_cache=use_cache)
+
+
 def measure(model: PrefixCaptioner, tokenizer, bench: SceneBench, novel: list[int] | None = None) -> dict[str, float]:
     """Notebook 04's held-out numbers: greedy captions of the scenes and greedy answers to their questions
     (`harness.suite`, "captioner" and "vqa"), on the `novel` scenes too."""
