@@ -11,9 +11,10 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                                  "1,000 steps: the detector's region tokens meet it, the label-free stem does not",
     ("prefix_lm", "vqa_acc"): "the same: shape questions stay near chance from pixels",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
-                                     "the mapper on the detector's labelled ViT does no better at these steps, and even "
-                                     "the object list reaches 0.64, so the frozen LM is slow to steer; shape is not in the tower",
-    ("frozen_prefix", "vqa_acc"): "the frozen LM answers colour and size questions 'there is no <a fixed object>' (it never "
-                                  "learned to copy the name from the question) and 400 steps of prefix do not override it; "
-                                  "the object-list upper bound reaches 0.35",
+                                     "the same mapper on the detector's labelled ViT gains little, the object list "
+                                     "reaches 0.82, so the mapper learning to steer the LM is the first limit; shape is "
+                                     "not in the tower",
+    ("frozen_prefix", "vqa_acc"): "colour and size need the image to decide between an attribute and 'there is no ...' "
+                                  "and 400 steps of prefix barely move the frozen LM's prior (blind 0.36, kept 0.40); "
+                                  "the object-list upper bound reaches 0.42",
 }

@@ -38,6 +38,18 @@ def test_suggested_parameters_are_parameters_of_the_notebook(notebook):
         assert re.search(rf"^{name}\s*=", cell, re.M), f"{notebook.name}: the experiments suggest {name}, not a parameter"
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_parameter_reaches_resolve(notebook):
+    """A parameter in SPEC but not passed to params.resolve would silently run at its profile default."""
+    nb = nbformat.read(notebook, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    spec = re.search(r"^SPEC = \{(.*?)^\}", code, re.M | re.S).group(1)
+    call = re.search(r"params\.resolve\(SPEC,(.*?)\)\n", code, re.S).group(1)
+    declared = set(re.findall(r'^\s*"([A-Z][A-Z0-9_]*)":', spec, re.M))
+    passed = set(re.findall(r"([A-Z][A-Z0-9_]*)=\1\b", call))
+    assert declared and declared <= passed, f"{notebook.name}: {sorted(declared - passed)} never reach params.resolve"
+
+
 RUN = [p for p in NOTEBOOKS if set(suggestions(p)) - BUDGET]
 
 
@@ -50,3 +62,52 @@ def test_the_notebook_runs_with_its_suggested_parameters(notebook, tmp_path, mon
     suggested = {name: value for name, value in suggestions(notebook).items() if name not in BUDGET}
     pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke", **suggested},
                         cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
+
+
+# Suggestions that are code changes rather than parameters: each one's code path, at smoke size.
+
+def test_notebook_00_a_smaller_vocabulary_makes_longer_captions():
+    from vlmlab.data.language import caption
+    from vlmlab.data.shapes import ShapesWorld
+    from vlmlab.tokenizer import shapes_corpus, train_tokenizer
+
+    corpus = shapes_corpus()
+    captions = [caption(s) for s in ShapesWorld(seed=0).scenes(50, "train")]
+    tokens = {v: sum(len(train_tokenizer(corpus, v).encode(c)) for c in captions) for v in (300, 512)}
+    assert tokens[300] > tokens[512]
+
+
+def test_notebook_01_a_vit_with_patch_size_8_trains_scene_parsing():
+    import torch
+
+    from vlmlab import unimodal
+    from vlmlab import nn as vnn
+    from vlmlab.data.shapes import ShapesWorld, render_array
+
+    vit = vnn.ViT(vnn.ViTConfig(image_size=64, patch_size=8, dim=32, depth=1, n_heads=4))
+    probe = unimodal.CellProbe(vit.patch_embed.n_patches, 32)
+    scenes = ShapesWorld(seed=0).scenes(4, "train")
+    images = torch.stack([torch.as_tensor(render_array(s)).permute(2, 0, 1) for s in scenes])
+    loss = unimodal.scene_parsing_loss(vit, probe, images, torch.stack([unimodal.cell_targets(s) for s in scenes]))
+    loss.backward()
+    assert vit.patch_embed.n_patches == 64 and torch.isfinite(loss)
+
+
+def test_notebook_03_never_splitting_captions_leaves_every_prompt_empty():
+    from vlmlab.data.language import caption
+    from vlmlab.data.shapes import ShapesWorld
+    from vlmlab.strategies import prefix_lm
+
+    captions = [caption(s) for s in ShapesWorld(seed=0).scenes(20, "train")]
+    prompts, targets = prefix_lm.training_texts(captions, [], split_prob=0)
+    assert prompts == [""] * len(captions) and targets == captions
+    prompts, _ = prefix_lm.training_texts(captions, [], split_prob=1)
+    assert sum(map(bool, prompts)) > len(captions) // 2  # the control: split, most captions keep a prompt
+
+
+def test_notebook_03_a_prefix_of_length_0_is_a_plain_causal_mask():
+    import torch
+
+    from vlmlab.attention import causal_mask, prefix_mask
+
+    assert torch.equal(prefix_mask(7, prefix_len=0), causal_mask(7))
