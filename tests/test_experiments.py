@@ -80,8 +80,8 @@ def test_notebook_00_a_smaller_vocabulary_makes_longer_captions():
 def test_notebook_01_a_vit_with_patch_size_8_trains_scene_parsing():
     import torch
 
-    from vlmlab import unimodal
     from vlmlab import nn as vnn
+    from vlmlab import unimodal
     from vlmlab.data.shapes import ShapesWorld, render_array
 
     vit = vnn.ViT(vnn.ViTConfig(image_size=64, patch_size=8, dim=32, depth=1, n_heads=4))
