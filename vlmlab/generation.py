@@ -7,8 +7,9 @@ everything) for every model of the workbook that writes. Introduced in notebook 
     forward(*, input_ids | inputs_embeds, attention_mask, cache=None, use_cache=False, **condition)
         -> an output with .logits [B, T, V] and .cache
 
-The first call has no cache: the model reads the whole prompt (notebook 03's PrefixLM reads it both ways,
-notebook 04's captioner puts its visual prefix in front). With `use_cache=True` it returns a cache, and every
+The first call has no cache: the model reads the whole prompt, as ids when the caller gave ids (notebook 03's
+PrefixLM reads it both ways, notebook 04's captioner puts its visual prefix in front, notebook 05's Flamingo finds
+its images at the prompt's `<image>` tokens). With `use_cache=True` it returns a cache, and every
 later call passes it back with only the new tokens. `condition` holds per-row tensors the model takes on every
 call (image tokens, a visual prefix, a cross-attention context): generate repeats them for beams and reorders them
 with the beams. `attention_mask` covers the text the caller gave and generated; a model adds its own visual
@@ -40,15 +41,16 @@ class _Decoder:
     """Runs the prompt once, then one new token at a time; `logits` [B, V] always scores the next token.
     With a KV cache only the new token goes through the model; without, the prompt and every token so far do."""
 
-    def __init__(self, model, prompt: torch.Tensor, attention_mask: torch.Tensor, condition: dict, use_cache: bool):
+    def __init__(self, model, prompt: dict, attention_mask: torch.Tensor, condition: dict, use_cache: bool):
         self.model, self.use_cache, self.condition = model, use_cache, condition
-        self.prompt, self.prompt_mask, self.mask = prompt, attention_mask, attention_mask  # [B, T, D], [B, T], [B, T]
-        self.tokens = attention_mask.new_zeros(len(prompt), 0)  # [B, n] what has been generated so far
+        self.prompt = prompt  # {"input_ids": [B, T]} or {"inputs_embeds": [B, T, D]}, as the caller gave it
+        self.prompt_mask, self.mask = attention_mask, attention_mask  # [B, T], [B, T]
+        self.tokens = attention_mask.new_zeros(len(attention_mask), 0)  # [B, n] what has been generated so far
         out = self._start()
         self.cache, self.logits = out.cache if use_cache else None, out.logits[:, -1]
 
     def _start(self):
-        return self.model(inputs_embeds=self.prompt, attention_mask=self.prompt_mask, use_cache=True, **self.condition)
+        return self.model(**self.prompt, attention_mask=self.prompt_mask, use_cache=True, **self.condition)
 
     def feed(self, tokens: torch.Tensor) -> None:
         """Append one token per row ([B]) and compute the logits that follow it."""
@@ -67,7 +69,8 @@ class _Decoder:
         if self.use_cache:
             self.cache.select(rows)
         else:  # only the path that recomputes everything reads the prompt again
-            self.prompt, self.prompt_mask = self.prompt[rows], self.prompt_mask[rows]
+            self.prompt = {name: value[rows] for name, value in self.prompt.items()}
+            self.prompt_mask = self.prompt_mask[rows]
 
     def next_logits(self, processor: LogitsProcessor | None) -> torch.Tensor:
         return self.logits if processor is None else processor(self.tokens, self.logits)
@@ -92,7 +95,7 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
 
 
 def _beam_search(decoder: _Decoder, batch: int, num_beams: int, max_new_tokens: int, length_penalty: float,
-                 eos_token_id: int | None, pad_token_id: int, processor: LogitsProcessor | None) -> torch.Tensor:
+                 eos_token_id: list[int], pad_token_id: int, processor: LogitsProcessor | None) -> torch.Tensor:
     """Keep, for each prompt, the num_beams partial sequences with the highest summed log-probability.
     A beam that produced eos stays in the running with its score frozen (it can only add pad, at log-prob 0).
     At the end the best beam by score / length ** length_penalty wins. Row b * K + j of `decoder` is beam j
@@ -119,8 +122,7 @@ def _beam_search(decoder: _Decoder, batch: int, num_beams: int, max_new_tokens: 
         tokens = torch.cat([tokens[rows], new[:, None]], dim=1)
         finished = finished[rows]
         lengths = lengths[rows] + (~finished).float()
-        if eos_token_id is not None:
-            finished = finished | (new == eos_token_id)
+        finished = finished | torch.isin(new, torch.tensor(eos_token_id, device=device))
         decoder.select(rows)
         if finished.all():
             break
@@ -153,7 +155,8 @@ def _validate(model, input_ids, inputs_embeds, attention_mask, max_new_tokens, s
 def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, condition: dict[str, torch.Tensor] | None = None,
              max_new_tokens: int = 20, strategy: str = "greedy", temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0, eos_token_id: int | None = None,
+             top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
+             eos_token_id: int | list[int] | None = None,
              pad_token_id: int = 0, use_cache: bool = True, generator: torch.Generator | None = None,
              logits_processor: LogitsProcessor | None = None) -> torch.Tensor:
     """Continue the prompts: input_ids [B, T] or inputs_embeds [B, T, D], left-padded with attention_mask [B, T]
@@ -162,24 +165,29 @@ def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: tor
     strategy "greedy" takes the most likely token, "sample" draws one (temperature, top_k, top_p, and `generator`
     for reproducible draws), "beam" runs beam search with num_beams. `condition`: per-row tensors passed to every
     call of the model (see the module docstring). Returns the NEW tokens only, LongTensor [B, n] with
-    n <= max_new_tokens: once a row emits eos_token_id it continues with pad_token_id, and generation stops early
+    n <= max_new_tokens: once a row emits eos_token_id (or any of a list of them: Flamingo's chunks also end at
+    <|endofchunk|>) it continues with pad_token_id, and generation stops early
     when every row has. Call model.eval() first (dropout).
     """
     _validate(model, input_ids, inputs_embeds, attention_mask, max_new_tokens, strategy, temperature, top_k, top_p,
               num_beams, length_penalty, logits_processor)
-    prompt = model.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
-    B, T = prompt.shape[:2]
+    # the prompt goes in as it was given: ids (a model may look for its <image> tokens there) or embeddings
+    prompt = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}  # [B, T(, D)]
+    first = next(iter(prompt.values()))
+    (B, T), device = first.shape[:2], first.device
     if attention_mask is None:
-        attention_mask = torch.ones(B, T, dtype=torch.long, device=prompt.device)
+        attention_mask = torch.ones(B, T, dtype=torch.long, device=device)
     condition = dict(condition or {})
+    stop = [] if eos_token_id is None else [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
     if strategy == "beam":
         K = num_beams
-        decoder = _Decoder(model, prompt.repeat_interleave(K, dim=0), attention_mask.repeat_interleave(K, dim=0),
+        decoder = _Decoder(model, {name: value.repeat_interleave(K, dim=0) for name, value in prompt.items()},
+                           attention_mask.repeat_interleave(K, dim=0),
                            {name: value.repeat_interleave(K, dim=0) for name, value in condition.items()}, use_cache)
-        return _beam_search(decoder, B, K, max_new_tokens, length_penalty, eos_token_id, pad_token_id, logits_processor)
+        return _beam_search(decoder, B, K, max_new_tokens, length_penalty, stop, pad_token_id, logits_processor)
 
     decoder = _Decoder(model, prompt, attention_mask, condition, use_cache)
-    finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens = []
     for step in range(max_new_tokens):
         if step > 0:
@@ -191,8 +199,7 @@ def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: tor
             token = sample_token(logits, temperature, top_k, top_p, generator)  # [B]
         token = token.masked_fill(finished, pad_token_id)  # rows that already ended get padding
         new_tokens.append(token)
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
+        finished |= torch.isin(token, torch.tensor(stop, dtype=torch.long, device=device))
         if finished.all():
             break
     return torch.stack(new_tokens, dim=1)  # [B, n]
@@ -214,17 +221,27 @@ def prompt_ids(tokenizer, prompts: list[str], bos: bool = True) -> tuple[torch.T
     return ids, mask
 
 
+def asked(model, task: str, questions: list[str] | None = None) -> str | list[str]:
+    """The prompt a captioner is asked with: its own `prompt_format[task]` when it has one (Flamingo's
+    "<image>Output:" and "<image>Question: {} Answer:", notebook 05), else "" for a caption and the bare question."""
+    form = getattr(model, "prompt_format", {}).get(task, "{}" if task == "vqa" else "")
+    return form if questions is None else [form.format(q) for q in questions]
+
+
 @torch.no_grad()
-def generate_text(model, tokenizer, image_features: torch.Tensor, prompts: str | list[str] = "", *,
+def generate_text(model, tokenizer, image_features: torch.Tensor, prompts: str | list[str] | None = None, *,
                   max_new_tokens: int = 24, batch_size: int = 256, bos: bool = True, **generate_kwargs) -> list[str]:
     """What a captioner (`vlmlab.protocols.Captioner`) writes after each image's prompt: image_features [N, ...]
-    (what `model.image_features(images)` returns), one prompt for all or one per image ("" = a caption, a question
-    = an answer). Returns N strings, the continuation only. generate_kwargs go to `generate` (strategy, num_beams,
-    use_cache, logits_processor, ...). Introduced in notebook 03."""
+    (what `model.image_features(images)` returns), one prompt for all or one per image (None: the model's caption
+    prompt, `asked(model, "caption")`, which is "" for most; a question = an answer). Returns N strings, the
+    continuation only; it ends at <eos> or at one of the model's own `stop_tokens` (Flamingo's <|endofchunk|>).
+    generate_kwargs go to `generate` (strategy, num_beams, use_cache, logits_processor, ...). Introduced in notebook 03."""
+    prompts = asked(model, "caption") if prompts is None else prompts
     prompts = [prompts] * len(image_features) if isinstance(prompts, str) else list(prompts)
     require(len(prompts) == len(image_features), "prompts", f"{len(prompts)} prompts", f"one per image ({len(image_features)})")
     model.eval()
     device = next(model.parameters()).device
+    stop = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(list(getattr(model, "stop_tokens", ())))
     out = []
     for start in range(0, len(prompts), batch_size):
         condition = model.condition(image_features[start : start + batch_size].to(device))
@@ -232,7 +249,7 @@ def generate_text(model, tokenizer, image_features: torch.Tensor, prompts: str |
         room = model.max_text_len - ids.size(1)
         require(room > 0, "prompts", f"{ids.size(1)} tokens", f"fewer than the model's max_text_len={model.max_text_len}")
         new = generate(model, input_ids=ids, attention_mask=mask, condition=condition, max_new_tokens=min(max_new_tokens, room),
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+                       eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
         out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out
 

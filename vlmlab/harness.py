@@ -29,7 +29,7 @@ from .evaluate import (
     vqa_accuracy,
     zero_shot_accuracy,
 )
-from .generation import generate_text
+from .generation import asked, generate_text
 from .params import require
 
 
@@ -147,7 +147,8 @@ def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> di
     """Greedy answers to the questions (the question is the prompt): accuracy overall and by type; with `novel`,
     the accuracy on the questions about those scenes."""
     features = image_features(model, bench.images)[bench.question_scene]
-    answers = generate_text(model, tokenizer, features, [qa.question for qa in bench.questions], max_new_tokens=8)
+    answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in bench.questions]),
+                            max_new_tokens=8)
     truth = [qa.answer for qa in bench.questions]
     result = vqa_accuracy(answers, truth, [qa.qtype for qa in bench.questions])
     out = {"vqa_acc": result["overall"]} | {f"vqa_{t}_acc": v for t, v in result["by_type"].items()}

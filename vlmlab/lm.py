@@ -5,6 +5,7 @@ Introduced in notebook 04.
     lm.embed(ids)                                      # [B, T, D] token embeddings, the form inputs_embeds takes
     lm(inputs_embeds=..., attention_mask=..., position_ids=..., labels=..., cache=..., use_cache=...) -> LMOutput
     lm.dim, lm.n_layers, lm.max_len, lm.kv_dim, lm.freeze(), lm.checksum()
+    lm.blocks                                          # its transformer layers, in order (notebook 05's Flamingo)
     lm.prefix_cache(kv)                                # a deep prefix [B, L, 2, k, kv_dim] as k past positions
 
 `TinyLanguageModel` wraps `vlmlab.nn.CausalLM`, `HFLanguageModel` any Hugging Face causal LM (SmolLM2 on the real
@@ -68,6 +69,10 @@ class TinyLanguageModel(LanguageModel):
         return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                           position_ids=position_ids, labels=labels, cache=cache, use_cache=use_cache)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.transformer.blocks
+
     def prefix_cache(self, kv: torch.Tensor) -> Cache:
         """kv [B, L, 2, k, D] -> a Cache holding k past keys and values in each of the L layers."""
         require(kv.ndim == 5 and kv.shape[1:3] == (self.n_layers, 2) and kv.size(-1) == self.kv_dim, "kv.shape",
@@ -122,6 +127,10 @@ class HFLanguageModel(LanguageModel):
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, past_key_values=cache.hf if cache is not None else None, use_cache=cache is not None)
         return LMOutput(out.logits, out.loss, cache)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.model.layers  # the decoder layers of a Llama-style causal LM (SmolLM2)
 
     def prefix_cache(self, kv: torch.Tensor) -> HFCache:
         """kv [B, L, 2, k, kv_dim] -> a DynamicCache holding k past keys and values in each of the L layers."""

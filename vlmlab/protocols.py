@@ -43,7 +43,8 @@ class Captioner(Protocol):
     `image_features(pixels)` runs the vision tower (once per image); `condition(features)` turns them into the
     per-row tensors every forward call takes; `forward(*, input_ids | inputs_embeds, attention_mask, labels, cache,
     use_cache, **condition)` is a language model's forward whose first call (no cache) puts the image in;
-    `max_text_len` is how many text positions it can hold."""
+    `max_text_len` is how many text positions it can hold. A captioner trained on its own prompt format says so in
+    an optional `prompt_format` {"caption": ..., "vqa": "... {} ..."}, which the harness asks it with (notebook 05)."""
 
     max_text_len: int
 

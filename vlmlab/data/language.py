@@ -210,23 +210,25 @@ def _replace(o: Obj, **changes) -> Obj:
 # ---------------------------------------------------------------- interleaved few-shot sequences
 
 
+def shot(scene: Scene, task: str = "caption", qa: QA | None = None) -> tuple[str, str]:
+    """One chunk of an interleaved sequence as (prompt, target): `<image>Output:` and the caption, or
+    `<image>Question: ... Answer:` and the answer of `qa` (by default the scene's first sampled question)."""
+    if task not in ("caption", "vqa"):
+        raise ValueError(f"task={task!r}: choose 'caption' or 'vqa'")
+    if task == "caption":
+        return f"{IMAGE_TOKEN}Output:", caption(scene)
+    qa = qa or sample_vqa(scene)[0]
+    return f"{IMAGE_TOKEN}Question: {qa.question} Answer:", qa.answer
+
+
 def fewshot_sequence(support: list[Scene], query: Scene, task: str = "caption") -> tuple[str, str]:
     """Flamingo-style interleaved prompt: (prompt, target).
 
     Each support scene becomes `<image>Output: caption<|endofchunk|>` (or a question and its
     answer for task='vqa'); the query ends with the open slot the model must fill.
     """
-    if task not in ("caption", "vqa"):
-        raise ValueError(f"task={task!r}: choose 'caption' or 'vqa'")
-
-    def chunk(scene: Scene) -> tuple[str, str]:
-        if task == "caption":
-            return f"{IMAGE_TOKEN}Output:", caption(scene)
-        qa = sample_vqa(scene)[0]
-        return f"{IMAGE_TOKEN}Question: {qa.question} Answer:", qa.answer
-
-    shots = "".join(f"{p} {t}{END_OF_CHUNK}" for p, t in map(chunk, support))
-    prompt, target = chunk(query)
+    shots = "".join(f"{p} {t}{END_OF_CHUNK}" for p, t in (shot(s, task) for s in support))
+    prompt, target = shot(query, task)
     return shots + prompt, target
 
 
