@@ -10,11 +10,11 @@ import torch
 
 from vlmlab import protocols, runs, zoo
 from vlmlab.data import evalsets
-from vlmlab.data.language import caption
+from vlmlab.data.language import IMAGE_TOKEN, caption, shot
 from vlmlab.data.loaders import encode_texts, indexed_collate, to_float
 from vlmlab.generation import generate_text
 from vlmlab.nn import TextConfig, ViTConfig
-from vlmlab.strategies import REGISTRY, clip, frozen_prefix, lit, prefix_lm
+from vlmlab.strategies import REGISTRY, clip, flamingo, frozen_prefix, lit, prefix_lm
 
 
 def tiny_clip(refs, tok):
@@ -53,7 +53,17 @@ def tiny_frozen_prefix(refs, tok):
     return frozen_prefix.PrefixCaptioner(config), scene_batch(tok, bench), bench
 
 
-TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix}
+def tiny_flamingo(refs, tok):
+    config = flamingo.Config(visual_dim=16, n_latents=2, resampler_depth=1, n_heads=2, ff_mult=1, lm=refs["tiny-lm"],
+                             vision={"tower": "vit", **refs["tiny-vit-detector"]},
+                             image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
+    text = encode_texts(tok, [""] * 4, [f"{p} {t}" for p, t in map(shot, bench.scenes)], max_length=40)  # <image>Output: ...
+    return flamingo.Flamingo(config), indexed_collate(bench.images, text)(list(range(4))), bench
+
+
+TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix,
+        "flamingo": tiny_flamingo}
 
 
 def test_every_registered_strategy_has_a_tiny_builder_here():

@@ -18,6 +18,8 @@ from vlmlab.widgets import (  # noqa: E402
     caption_explorer,
     caption_table,
     describe_scene,
+    fewshot_builder,
+    fewshot_table,
     retrieval_gallery,
     retrieve,
     scene_explorer,
@@ -148,3 +150,22 @@ def test_vqa_box_answers_and_shows_the_truth_for_the_worlds_questions():
     qa = next(q for q in vqa_pairs(scene) if q.answer == "yes")
     assert "✓" in vqa_table(scene, qa.question, "yes") and "✗" in vqa_table(scene, qa.question, "no")
     assert "truth" not in vqa_table(scene, "what is the meaning of life?", "42")
+
+
+def test_fewshot_builder_sends_the_picked_scenes_and_shows_prompt_continuation_and_gates():
+    calls = []
+
+    def continue_fn(support, query, task, question):
+        calls.append(([s.index for s in support], query.index, task, question))
+        return "<image>Output: a red star<|endofchunk|><image>Output:", "a blue circle", [(0.1, -0.2), (0.3, 0.0)]
+
+    app = fewshot_builder(continue_fn)
+    controls = {w.description: w for w in app.children if hasattr(w, "description")}
+    controls["supports"].value = "3, x, 7"
+    controls["task"].value = "vqa"
+    controls["query"].value = 9
+    assert calls[0] == ([0, 1], 0, "caption", "how many objects are there?") and calls[-1][:3] == ([3, 7], 9, "vqa")
+    images, shown = app.children[-2:]
+    assert len(images.children) == 3 and bytes(images.children[0].value).startswith(b"\x89PNG")
+    assert "a blue circle" in shown.value and "+0.300" in shown.value and "&lt;image&gt;" in shown.value
+    assert fewshot_table("p", "c", []).count("<tr>") == 1

@@ -232,3 +232,35 @@ def vqa_box(answer_fn: Callable[[Scene, str], str], seed: int = 0) -> W.Widget:
     question.observe(ask, names="value")
     new_scene()
     return W.VBox([*controls.values(), suggested, question, W.HBox([image, shown])])
+
+
+def fewshot_table(prompt: str, continuation: str, gates: list[tuple[float, float]]) -> str:
+    """HTML: an interleaved prompt, what the model wrote after it, and each gated layer's tanh gates."""
+    rows = "".join(f"<tr><td>{i}</td><td>{a:+.3f}</td><td>{f:+.3f}</td></tr>" for i, (a, f) in enumerate(gates))
+    return (f"<b>prompt</b>: <code>{html.escape(prompt)}</code><br><b>continuation</b>: {html.escape(continuation)}"
+            f"<table><tr><th>layer</th><th>tanh(α) attention</th><th>tanh(α) dense</th></tr>{rows}</table>")
+
+
+def fewshot_builder(continue_fn: Callable[[list[Scene], Scene, str, str], tuple[str, str, list[tuple[float, float]]]],
+                    seed: int = 0) -> W.Widget:
+    """Notebook 05. Pick support scenes (training-split numbers, comma-separated), a held-out query scene, the task
+    and, for VQA, a question; see the images, the interleaved prompt, the model's continuation and its gates.
+    `continue_fn(support, query, task, question)` -> (prompt, continuation, [(gate_attn, gate_ff) per layer])."""
+    world, wide = ShapesWorld(seed=seed), W.Layout(width="460px")
+    support = W.Text(value="0, 1", description="supports", layout=wide)
+    query = W.IntSlider(value=0, min=0, max=199, description="query", layout=wide)
+    task = W.ToggleButtons(options=["caption", "vqa"], value="caption", description="task")
+    question = W.Text(value="how many objects are there?", description="question", layout=wide)
+    images, shown = W.HBox(), W.HTML()
+
+    def update(_=None) -> None:
+        picked = [world.scene(int(i), "train") for i in split_list(support.value, ",") if i.isdigit()][:4]
+        scene = world.scene(query.value, "test")
+        images.children = [W.Image(value=_png(render_array(s, 64), 96), format="png", width=96, height=96)
+                           for s in [*picked, scene]]
+        shown.value = fewshot_table(*continue_fn(picked, scene, task.value, question.value))
+
+    for w in (support, query, task, question):
+        w.observe(update, names="value")
+    update()
+    return W.VBox([support, query, task, question, images, shown])
