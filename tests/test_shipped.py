@@ -55,6 +55,9 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("frozen_prefix", "caption_f1"): ("frozen-prefix-shapes", "caption_f1"),
     ("frozen_prefix", "vqa_acc"): ("frozen-prefix-shapes", "vqa_acc"),
     ("frozen_prefix", "trainable_fraction"): ("frozen-prefix-shapes", "trainable_fraction"),
+    ("flamingo", "caption_f1"): ("flamingo-shapes", "caption_f1"),
+    ("flamingo", "vqa_acc"): ("flamingo-shapes", "vqa_acc"),
+    ("flamingo", "init_logits_max_diff"): ("flamingo-shapes", "init_logits_max_diff"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
 
