@@ -157,7 +157,7 @@ def test_tiny_backbones_rebuild_the_saved_vlmlab_nn_models(tok):
 
 
 def test_image_and_text_vectors_of_many_inputs_keep_their_order(tiny_zoo, tmp_path):
-    from vlmlab.encoders import image_vectors, text_vectors
+    from vlmlab.encoders import image_grids, image_vectors, text_vectors
 
     image = load_image_encoder("tiny-vit-detector")
     rng = np.random.default_rng(0)
@@ -170,6 +170,9 @@ def test_image_and_text_vectors_of_many_inputs_keep_their_order(tiny_zoo, tmp_pa
     with torch.no_grad():
         for k, path in enumerate(paths):
             torch.testing.assert_close(vectors[k], image.model(image.preprocess(Image.open(path).convert("RGB")))[0][0])
+    grids = image_grids(image, paths, batch_size=2)  # [3, h * w, D]: the grid as tokens, raster order
+    grid = image.model(image.preprocess(Image.open(paths[1]).convert("RGB")))[1][0]  # [D, h, w]
+    torch.testing.assert_close(grids[1], grid.flatten(1).T)
     text = load_text_encoder("tiny-bert")
     texts = ["a large red star left of a small blue circle", "two", "a red circle", "is there a star?"]
     vectors = text_vectors(text, texts, batch_size=2)  # batched shortest first, returned in the order given

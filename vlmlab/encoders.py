@@ -148,20 +148,27 @@ class HFImageEncoder(nn.Module):
 # ---- features of many inputs, computed once ----
 
 
-@torch.no_grad()
-def image_vectors(image_encoder, paths: Sequence, batch_size: int = 4) -> torch.Tensor:
-    """Image files -> an image backbone's pooled vectors [N, Di] (EfficientNet-Lite0: 1280), a few images at a time.
-
-    Small batches are faster on a CPU here: the activations of a few 224 x 224 images stay in cache.
-    """
+def _encoded(image_encoder, paths: Sequence, batch_size: int):
+    """(vector [b, Di], grid [b, Di, h, w]) of a few image files at a time. Small batches are faster on a CPU here:
+    the activations of a few 224 x 224 images stay in cache."""
     require(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an int >= 1")
     require(len(paths) >= 1, "paths", paths, "at least one image file")
-    vectors = []
     for start in range(0, len(paths), batch_size):
         images = [load_rgb(path) for path in paths[start : start + batch_size]]
-        vector, _ = image_encoder.model(image_encoder.preprocess(images))  # [b, Di], grid [b, Di, 7, 7] unused
-        vectors.append(vector)
-    return torch.cat(vectors)
+        yield image_encoder.model(image_encoder.preprocess(images))
+
+
+@torch.no_grad()
+def image_vectors(image_encoder, paths: Sequence, batch_size: int = 4) -> torch.Tensor:
+    """Image files -> an image backbone's pooled vectors [N, Di] (EfficientNet-Lite0: 1280)."""
+    return torch.cat([vector for vector, _ in _encoded(image_encoder, paths, batch_size)])
+
+
+@torch.no_grad()
+def image_grids(image_encoder, paths: Sequence, batch_size: int = 4) -> torch.Tensor:
+    """Image files -> an image backbone's last feature map as tokens [N, h * w, Di] (EfficientNet-Lite0: 49 x 1280),
+    what notebook 05's resampler reads."""
+    return torch.cat([grid.flatten(2).transpose(1, 2) for _, grid in _encoded(image_encoder, paths, batch_size)])
 
 
 @torch.no_grad()

@@ -241,7 +241,8 @@ def generate_text(model, tokenizer, image_features: torch.Tensor, prompts: str |
     require(len(prompts) == len(image_features), "prompts", f"{len(prompts)} prompts", f"one per image ({len(image_features)})")
     model.eval()
     device = next(model.parameters()).device
-    stop = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(list(getattr(model, "stop_tokens", ())))
+    vocabulary = tokenizer.get_vocab()  # a model's stop token that this tokenizer lacks can never be written
+    stop = [tokenizer.eos_token_id] + [vocabulary[t] for t in getattr(model, "stop_tokens", ()) if t in vocabulary]
     out = []
     for start in range(0, len(prompts), batch_size):
         condition = model.condition(image_features[start : start + batch_size].to(device))
