@@ -10,11 +10,11 @@ import torch
 
 from vlmlab import protocols, runs, zoo
 from vlmlab.data import evalsets
-from vlmlab.data.language import IMAGE_TOKEN, caption, shot
+from vlmlab.data.language import IMAGE_TOKEN, answer_vocabulary, caption, shot
 from vlmlab.data.loaders import encode_texts, indexed_collate, to_float
 from vlmlab.generation import generate_text
 from vlmlab.nn import TextConfig, ViTConfig
-from vlmlab.strategies import REGISTRY, clip, flamingo, frozen_prefix, lit, prefix_lm
+from vlmlab.strategies import REGISTRY, clip, flamingo, frozen_prefix, fusion, lit, prefix_lm
 
 
 def tiny_clip(refs, tok):
@@ -62,8 +62,19 @@ def tiny_flamingo(refs, tok):
     return flamingo.Flamingo(config), indexed_collate(bench.images, text)(list(range(4))), bench
 
 
+def tiny_fusion(refs, tok):
+    config = fusion.Config(vocab_size=len(tok), image="regions", text_len=30, dim=16, depth=1, n_heads=2,
+                           answers=answer_vocabulary(), vision={"tower": "regions", **refs["tiny-vit-detector-probe"]})
+    bench = evalsets.FusionBench.build(seed=0, n=4)
+    scenes = bench.scenes.scenes
+    captions, negatives = (encode_texts(tok, texts, max_length=30, ends=fusion.Fusion.text_ends)
+                           for texts in ([caption(s) for s in scenes], fusion.world_negatives(scenes)))
+    return fusion.Fusion.from_config(config.to_dict()), fusion.pretraining_collate(bench.scenes.images, captions,
+                                                                                 negatives)(list(range(4))), bench
+
+
 TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix,
-        "flamingo": tiny_flamingo}
+        "flamingo": tiny_flamingo, "fusion": tiny_fusion}
 
 
 def test_every_registered_strategy_has_a_tiny_builder_here():
@@ -119,6 +130,11 @@ def test_models_answer_their_protocols(built, tok):
         scores = model.score(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
         assert scores.shape == (len(image),)
     else:
+        if isinstance(model, protocols.PairScorer):  # an ITM head
+            assert model.score(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"]).shape == (4,)
+        if isinstance(model, protocols.AnswerClassifier):
+            logits = model.answer_logits(to_float(batch["images"]), batch["input_ids"], batch["attention_mask"])
+            assert logits.shape == (4, len(model.answers))
         return
     for vectors in (image, text):
         torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(len(vectors)))

@@ -14,7 +14,7 @@ import pytest
 from known_misses import KNOWN_MISSES
 
 from vlmlab import runs, unimodal
-from vlmlab.strategies import clip, flamingo, frozen_prefix, lit, prefix_lm
+from vlmlab.strategies import clip, flamingo, frozen_prefix, fusion, lit, prefix_lm
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OWNERS = {  # each notebook's targets live in its strategy modules: notebook -> {owner: module}
@@ -23,6 +23,7 @@ OWNERS = {  # each notebook's targets live in its strategy modules: notebook -> 
     "03_prefix_lm": {"prefix_lm": prefix_lm},
     "04_frozen_prefix": {"frozen_prefix": frozen_prefix},
     "05_flamingo": {"flamingo": flamingo},
+    "06_mlm_itm": {"fusion": fusion},
 }
 TARGETS = {stem: [module.TARGETS for module in owners.values()] for stem, owners in OWNERS.items()}
 

@@ -58,6 +58,9 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("flamingo", "caption_f1"): ("flamingo-shapes", "caption_f1"),
     ("flamingo", "vqa_acc"): ("flamingo-shapes", "vqa_acc"),
     ("flamingo", "init_logits_max_diff"): ("flamingo-shapes", "init_logits_max_diff"),
+    ("fusion", "relation_swap_acc"): ("vilt-shapes", "relation_swap_acc"),
+    ("fusion", "mlm_acc_image"): ("vilt-shapes", "mlm_acc_image"),
+    ("fusion", "vqa_acc"): ("vilt-shapes", "vqa_acc"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
 

@@ -17,9 +17,11 @@ from vlmlab.strategies.clip import CLIP, Config  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402
     caption_explorer,
     caption_table,
+    changed_word,
     describe_scene,
     fewshot_builder,
     fewshot_table,
+    itm_editor,
     retrieval_gallery,
     retrieve,
     scene_explorer,
@@ -169,3 +171,24 @@ def test_fewshot_builder_sends_the_picked_scenes_and_shows_prompt_continuation_a
     assert len(images.children) == 3 and bytes(images.children[0].value).startswith(b"\x89PNG")
     assert "a blue circle" in shown.value and "+0.300" in shown.value and "&lt;image&gt;" in shown.value
     assert fewshot_table("p", "c", []).count("<tr>") == 1
+
+
+def test_itm_editor_scores_both_texts_and_follows_the_changed_word():
+    calls = []
+
+    def score_fn(scene, text, word):
+        calls.append((scene.index, text, word))
+        return (0.9 if word is None else 0.2), (None if word is None else np.eye(4))
+
+    app = itm_editor(score_fn)
+    index, original, edited, row = app.children
+    assert calls[-2][2] is None and calls[-1][1] == edited.value  # a hard negative to start with
+    edited.value = original.value.replace(original.value.split()[1], "zzz", 1)
+    assert calls[-1][2] == 1 and "<b>zzz</b>" in row.children[1].value and "0.200" in row.children[1].value
+    assert bytes(row.children[0].value).startswith(b"\x89PNG")
+    edited.value = " ".join(original.value.split()[:1])  # only deletions: no word to follow
+    assert calls[-1][2] is None
+    index.value = 5
+    assert calls[-1][0] == 5
+    assert changed_word("a red star", "a blue star") == 1 and changed_word("a b", "a b") is None
+    assert changed_word("a b", "a b c") == 2

@@ -5,6 +5,9 @@
     suite(model, tokenizer, "pair_scorer", DualEncoderBench)    the swap probes, scored pair by pair
     suite(model, tokenizer, "captioner", SceneBench)            scene F1, exact scenes, attribute F1, BLEU, CIDEr
     suite(model, tokenizer, "vqa", SceneBench)                  VQA accuracy, overall and by question type
+    suite(model, tokenizer, "itm", DualEncoderBench)            a pair scorer on true and random pairs (notebook 06)
+    suite(model, tokenizer, "masked_words", SceneBench)         colour and shape words filled in, with and without the image
+    suite(model, tokenizer, "answer_classifier", SceneBench)    VQA accuracy of an answer head (notebook 06)
 
 It batches, moves to the model's device, puts the model in eval mode and turns uint8 images into the float pixels
 models read; the numbers themselves come from `vlmlab.evaluate`.
@@ -17,9 +20,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, prompt_templates
+from .data.evalsets import ATTRIBUTE_NAMES, DualEncoderBench, SceneBench, blank_images, prompt_templates
 from .data.language import caption
-from .data.loaders import encode_texts, to_float
+from .data.loaders import to_float
 from .data.shapes import COLORS, SHAPES, Scene
 from .evaluate import (
     caption_scores,
@@ -31,6 +34,7 @@ from .evaluate import (
 )
 from .generation import asked, generate_text
 from .params import require
+from .protocols import encode_for
 
 
 @torch.no_grad()
@@ -47,7 +51,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -
     model.eval()
     device, out = next(model.parameters()).device, []
     for start in range(0, len(texts), batch_size):
-        batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        batch = encode_for(model, tokenizer, texts[start : start + batch_size])
         out.append(model.encode_text(batch.input_ids.to(device), batch.attention_mask.to(device)))
     return torch.cat(out)
 
@@ -81,10 +85,19 @@ def score_pairs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], ba
     model.eval()
     device, out = next(model.parameters()).device, []
     for start in range(0, len(texts), batch_size):
-        text = encode_texts(tokenizer, texts[start : start + batch_size], max_length=model.max_text_len)
+        text = encode_for(model, tokenizer, texts[start : start + batch_size])
         pixels = to_float(images[start : start + batch_size]).to(device)
         out.append(model.score(pixels, text.input_ids.to(device), text.attention_mask.to(device)))
     return torch.cat(out)
+
+
+def rank_by_scorer(model, tokenizer, images: torch.Tensor, texts: Sequence[str], candidates: torch.Tensor) -> torch.Tensor:
+    """Text-to-image retrieval by a pair scorer: for each text, its best-scored image among its candidates.
+    candidates [Nt, k] image indices (all N images: exhaustive ranking; a dual encoder's top k: ALBEF's and BLIP's
+    retrieve-then-rerank) -> the chosen image of each text [Nt]. Costs Nt * k pair scores. Notebook 06."""
+    Nt, k = candidates.shape
+    scores = score_pairs(model, tokenizer, images[candidates.flatten()], [t for t in texts for _ in range(k)])
+    return candidates.gather(1, scores.view(Nt, k).argmax(dim=1, keepdim=True).to(candidates.device)).squeeze(1)
 
 
 @torch.no_grad()
@@ -149,6 +162,25 @@ def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> di
     features = image_features(model, bench.images)[bench.question_scene]
     answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in bench.questions]),
                             max_new_tokens=8)
+    return _vqa_scores(answers, bench, novel)
+
+
+@torch.no_grad()
+def _answer_classifier(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None,
+                       batch_size: int = 256) -> dict[str, float]:
+    """An answer head's most likely answer to each question: the same accuracies as "vqa"."""
+    model.eval()
+    device, answers = next(model.parameters()).device, []
+    questions = [qa.question for qa in bench.questions]
+    for start in range(0, len(questions), batch_size):
+        text = encode_for(model, tokenizer, questions[start : start + batch_size])
+        pixels = to_float(bench.images[bench.question_scene[start : start + batch_size]]).to(device)
+        best = model.answer_logits(pixels, text.input_ids.to(device), text.attention_mask.to(device)).argmax(dim=1)
+        answers += [model.answers[i] for i in best.tolist()]
+    return _vqa_scores(answers, bench, novel)
+
+
+def _vqa_scores(answers: list[str], bench: SceneBench, novel: Sequence[int] | None) -> dict[str, float]:
     truth = [qa.answer for qa in bench.questions]
     result = vqa_accuracy(answers, truth, [qa.qtype for qa in bench.questions])
     out = {"vqa_acc": result["overall"]} | {f"vqa_{t}_acc": v for t, v in result["by_type"].items()}
@@ -158,12 +190,67 @@ def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> di
     return out
 
 
-SUITES = {"dual_encoder": _dual_encoder, "pair_scorer": _pair_scorer, "captioner": _captioner, "vqa": _vqa}
+def _itm(model, tokenizer, bench: DualEncoderBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """A pair scorer as a match / no-match classifier (score > 0 = match) on the retrieval scenes, each with its own
+    caption and with the next scene's (a random negative: the captions are all different)."""
+    texts = [caption(s) for s in bench.retrieval]
+    own = score_pairs(model, tokenizer, bench.images["retrieval"], texts)
+    other = score_pairs(model, tokenizer, bench.images["retrieval"], texts[1:] + texts[:1])
+    return {"itm_acc": float(torch.cat([own > 0, other <= 0]).float().mean())}
+
+
+MASKED_KINDS = {"color": COLORS, "shape": SHAPES}
+
+
+@torch.no_grad()
+def masked_word_accuracy(model, tokenizer, images: torch.Tensor, texts: Sequence[str],
+                         batch_size: int = 256) -> dict[str, float]:
+    """Each colour and each shape word of each text masked alone ([MASK], one copy of the text per word) and predicted
+    by a masked LM that reads the image (`mlm_logits`): the fraction predicted exactly, per kind and overall.
+    images uint8 [N, 3, H, W], one per text. Introduced in notebook 06."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch = encode_for(model, tokenizer, texts)
+    kind_of = {tokenizer.convert_tokens_to_ids("Ġ" + word): kind for kind, words in MASKED_KINDS.items() for word in words}
+    where = [(i, t, kind_of[token]) for i, row in enumerate(batch.input_ids.tolist()) for t, token in enumerate(row)
+             if token in kind_of]
+    require(len(where) > 0, "texts", texts[:3], "texts with colour or shape words")
+    rows, positions = torch.tensor([w[0] for w in where]), torch.tensor([w[1] for w in where])
+    inputs, truth = batch.input_ids[rows].clone(), batch.input_ids[rows, positions]
+    inputs[torch.arange(len(rows)), positions] = tokenizer.mask_token_id
+    right = []
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        logits = model.mlm_logits(to_float(images[rows[part]]).to(device), inputs[part].to(device),
+                                  batch.attention_mask[rows[part]].to(device))  # [b, T, V]
+        right.append(logits[torch.arange(len(logits)), positions[part].to(device)].argmax(-1).cpu() == truth[part])
+    right = torch.cat(right).float()
+    kinds = [w[2] for w in where]
+    by_kind = {f"{kind}_acc": right[[k == kind for k in kinds]].mean().item() for kind in MASKED_KINDS}
+    return {"acc": right.mean().item()} | by_kind
+
+
+def _masked_words(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> dict[str, float]:
+    """Masked colour and shape words of the held-out captions, with the scene's image (`mlm_*_image`) and with an empty
+    picture (`mlm_*_blank`: what the words around them give away); with `novel`, with the image on those scenes."""
+    texts = [caption(s) for s in bench.scenes]
+    out = {}
+    for name, images in (("image", bench.images), ("blank", blank_images(bench.images))):
+        out |= {f"mlm_{key}_{name}": v for key, v in masked_word_accuracy(model, tokenizer, images, texts).items()}
+    if novel:
+        result = masked_word_accuracy(model, tokenizer, bench.images[novel], [texts[i] for i in novel])
+        out["mlm_acc_image_novel"] = result["acc"]
+    return out
+
+
+SUITES = {"dual_encoder": _dual_encoder, "pair_scorer": _pair_scorer, "captioner": _captioner, "vqa": _vqa,
+          "itm": _itm, "masked_words": _masked_words, "answer_classifier": _answer_classifier}
 
 
 def suite(model, tokenizer, kind: str, bench, novel: Sequence[int] | None = None) -> dict[str, float]:
     """The fixed metric set of one kind of model on a benchmark (`vlmlab.data.evalsets`): "dual_encoder" and
-    "pair_scorer" on a DualEncoderBench, "captioner" and "vqa" on a SceneBench. The same call measures every
+    "pair_scorer" and "itm" on a DualEncoderBench, "captioner", "vqa", "masked_words" and "answer_classifier" on a
+    SceneBench. The same call measures every
     strategy, so the showdown compares them with one line each. `novel` (`evalsets.novel`: the scenes whose graph
     the model never trained on) adds the retrieval, caption and VQA numbers on those scenes alone, keys ending in
     `_novel`. Introduced in notebook 03."""

@@ -3,8 +3,12 @@ work on all of them. Introduced in notebook 02 (DualEncoder, PairScorer) and not
 
     DualEncoder   encode_image(pixels) / encode_text(ids, mask) -> unit vectors [B, E]: CLIP, LiT, BLIP-2's ITC head
     PairScorer    score(pixels, ids, mask) -> [B], higher = a better match: every dual encoder (cosine), ITM heads
+    AnswerClassifier  answer_logits(pixels, ids, mask) -> [B, A] over `answers`: a VQA head (notebook 06)
     Captioner     image_features(pixels), condition(features), embed(ids), forward(...), max_text_len:
                   PrefixLM, VirTex, a frozen LM with a visual prefix; `vlmlab.generation.generate_text` writes with it
+
+A model that wants its texts opened and closed by other tokens than <bos> and <eos> names them in `text_ends`
+(BERT's ("[CLS]", "[SEP]"), notebook 06); `encode_for` tokenises for it.
 
 Models read float pixels in [-1, 1] (`vlmlab.data.loaders.to_float`); datasets keep uint8. A batch uses the
 canonical keys `images` (uint8) or `image_features` (what a frozen tower made of them once), `input_ids`,
@@ -17,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .data.loaders import to_float
+from .data.loaders import TextBatch, encode_texts, to_float
 
 
 @runtime_checkable
@@ -37,6 +41,16 @@ class PairScorer(Protocol):
 
 
 @runtime_checkable
+class AnswerClassifier(Protocol):
+    """VQA as classification over a fixed answer vocabulary `answers` (ViLT's head on [CLS]). Notebook 06."""
+
+    answers: list[str]
+
+    def answer_logits(self, images: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> torch.Tensor: ...  # [B, A]
+
+
+@runtime_checkable
 class Captioner(Protocol):
     """A model that writes text about an image. Notebook 03.
 
@@ -53,6 +67,11 @@ class Captioner(Protocol):
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def encode_for(model, tokenizer, texts, targets=None) -> TextBatch:
+    """Texts tokenised the way `model` reads them: its `max_text_len`, and its `text_ends` when it names them."""
+    return encode_texts(tokenizer, texts, targets, max_length=model.max_text_len, ends=getattr(model, "text_ends", None))
 
 
 def cosine_score(model: DualEncoder, images: torch.Tensor, input_ids: torch.Tensor,

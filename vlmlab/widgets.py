@@ -264,3 +264,51 @@ def fewshot_builder(continue_fn: Callable[[list[Scene], Scene, str, str], tuple[
         w.observe(update, names="value")
     update()
     return W.VBox([support, query, task, question, images, shown])
+
+
+def changed_word(before: str, after: str) -> int | None:
+    """The index of the first word that differs between two texts (None when they are the same words)."""
+    a, b = before.split(), after.split()
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def attention_overlay(pixels: np.ndarray, weights: np.ndarray, size: int = 192) -> bytes:
+    """An image HWC uint8 with attention weights [h, w] over its patches laid on top (brighter = more attention)."""
+    heat = np.kron(weights / max(weights.max(), 1e-9), np.ones((pixels.shape[0] // weights.shape[0],) * 2))  # [H, W]
+    blended = pixels * (0.35 + 0.65 * heat[..., None])
+    return _png(blended.clip(0, 255).astype(np.uint8), size)
+
+
+def itm_editor(score_fn: Callable[[Scene, str, int | None], tuple[float, np.ndarray | None]], seed: int = 0) -> W.Widget:
+    """Notebook 06. Pick a held-out scene; its caption and a copy to edit (a hard negative to start with). For each
+    text: the ITM head's match probability and, for the edited one, where the first changed word looks in the image.
+    `score_fn(scene, text, word)` -> (P(match), that word's attention over the patches [h, w], or None)."""
+    world, wide = ShapesWorld(seed=seed), W.Layout(width="520px")
+    index = W.IntSlider(value=0, min=0, max=199, description="test scene", layout=wide)
+    original, edited = W.Text(description="caption", layout=wide), W.Text(description="edited", layout=wide)
+    image, shown = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def new_scene(_=None) -> None:
+        scene = world.scene(index.value, "test")
+        negatives = hard_negatives(scene)
+        original.value = captions(scene)[0]
+        edited.value = negatives[0].text if negatives else original.value
+        score()
+
+    def score(_=None) -> None:
+        scene = world.scene(index.value, "test")
+        word = changed_word(original.value, edited.value)
+        if word is not None and word >= len(edited.value.split()):
+            word = None  # words were only deleted: there is no changed word to follow
+        p_true, _ = score_fn(scene, original.value, None)
+        p_edit, weights = score_fn(scene, edited.value, word)
+        pixels = render_array(scene, 64)
+        image.value = _png(pixels, 192) if weights is None else attention_overlay(pixels, weights)
+        looked = "" if word is None else f" — the image shows where <b>{html.escape(edited.value.split()[word])}</b> looks"
+        shown.value = (f"P(match) caption: <b>{p_true:.3f}</b><br>P(match) edited: <b>{p_edit:.3f}</b>{looked}")
+
+    index.observe(new_scene, names="value")
+    for w in (original, edited):
+        w.observe(score, names="value")
+    new_scene()
+    return W.VBox([index, original, edited, W.HBox([image, shown])])

@@ -11,6 +11,7 @@ checkpoint's record keeps so that `zoo verify` can build the same set again:
     build({"kind": "dual_encoder", "seed": 0, "n": 1000})    # notebook 02: retrieval, zero-shot, swaps
     build({"kind": "scenes", "seed": 0, "n": 1000})          # notebook 01's backbones, notebooks 03-04: captions, VQA
     build({"kind": "world_text", "seed": 0, "n": 1000})      # notebook 01's tiny LM: the world's text, blind VQA
+    build({"kind": "fusion", "seed": 0, "n": 1000})          # notebook 06: the swap probes and the scenes together
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..params import require
 from .language import QA, caption, hard_negatives, sample_vqa
-from .shapes import COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
+from .shapes import BACKGROUND, COLORS, SHAPES, SIZES, Scene, ShapesWorld, render_array
 from .world_text import documents
 
 ATTRIBUTE_NAMES = {"color": COLORS, "shape": SHAPES}
@@ -31,6 +32,11 @@ ATTRIBUTE_NAMES = {"color": COLORS, "shape": SHAPES}
 def images_of(scenes: list[Scene], image_size: int = 64) -> torch.Tensor:
     """Render scenes -> uint8 [N, 3, H, W]."""
     return torch.from_numpy(np.stack([render_array(s, image_size) for s in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
+def blank_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] -> as many empty scenes: the world's background colour only. Notebook 06."""
+    return torch.tensor(BACKGROUND, dtype=torch.uint8).view(1, 3, 1, 1).expand_as(images).contiguous()
 
 
 def distinct_caption_scenes(seed: int = 0, n: int = 1000, split: str = "test") -> list[Scene]:
@@ -189,12 +195,25 @@ class WorldTextBench:
         return cls(scenes, documents(scenes, seed), vqa_questions(scenes, k=questions_per_scene)[1])
 
 
-BENCHES = {"dual_encoder": DualEncoderBench, "scenes": SceneBench, "world_text": WorldTextBench}
+@dataclass
+class FusionBench:
+    """Both held-out sets at once, for models that score pairs and answer questions (notebook 06's fusion encoders):
+    the swap probes and retrieval scenes of a DualEncoderBench, the scenes and questions of a SceneBench."""
+
+    pairs: DualEncoderBench
+    scenes: SceneBench
+
+    @classmethod
+    def build(cls, seed: int = 0, n: int = 1000, image_size: int = 64) -> FusionBench:
+        return cls(DualEncoderBench.build(seed, n, image_size), SceneBench.build(seed, n, image_size))
 
 
-def build(spec: dict) -> DualEncoderBench | SceneBench | WorldTextBench:
-    """The benchmark a spec names: {"kind": "dual_encoder" | "scenes" | "world_text", "seed", "n", ...}; the other
-    keys go to its `build`."""
+BENCHES = {"dual_encoder": DualEncoderBench, "scenes": SceneBench, "world_text": WorldTextBench, "fusion": FusionBench}
+
+
+def build(spec: dict) -> DualEncoderBench | SceneBench | WorldTextBench | FusionBench:
+    """The benchmark a spec names: {"kind": "dual_encoder" | "scenes" | "world_text" | "fusion", "seed", "n", ...};
+    the other keys go to its `build`."""
     kind = spec.get("kind")
     if kind not in BENCHES:
         raise ValueError(f"evaluation set kind={kind!r} is not one of {sorted(BENCHES)}")

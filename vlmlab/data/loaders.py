@@ -77,8 +77,12 @@ class TextBatch:
 
 
 def encode_texts(tokenizer, prompts: Sequence[str], targets: Sequence[str] | None = None,
-                 max_length: int = 64, bos: bool = True, eos: bool = True) -> TextBatch:
+                 max_length: int = 64, bos: bool = True, eos: bool = True,
+                 ends: tuple[str, str] | None = None) -> TextBatch:
     """Tokenise `prompt + target` pairs, right-padded.
+
+    Each text opens with <bos> and closes with <eos> (`bos`, `eos` switch them off); `ends` names two other tokens
+    to open and close it with, e.g. BERT's ("[CLS]", "[SEP]") for notebook 06's fusion encoders.
 
     Labels are the input ids on the target tokens (and the final <eos>) and IGNORE_INDEX on
     the prompt and the padding, so a loss on them teaches answering, not repeating the question.
@@ -86,7 +90,10 @@ def encode_texts(tokenizer, prompts: Sequence[str], targets: Sequence[str] | Non
     """
     if targets is not None and len(targets) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    prefix, suffix = [tokenizer.bos_token_id] if bos else [], [tokenizer.eos_token_id] if eos else []
+    first, last = tokenizer.convert_tokens_to_ids(list(ends)) if ends else (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if ends and (len(ends) != 2 or None in (first, last) or tokenizer.unk_token_id in (first, last)):
+        raise ValueError(f"ends={ends!r} must name two tokens the tokenizer has")
+    prefix, suffix = [first] if bos else [], [last] if eos else []
     prompt_ids = tokenizer(list(prompts))["input_ids"] if len(prompts) else []  # one batched call: fast
     target_ids = tokenizer(list(targets))["input_ids"] if targets is not None and len(targets) else [[]] * len(prompts)
     rows, label_rows = [], []

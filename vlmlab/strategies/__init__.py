@@ -14,7 +14,8 @@ notebook 01's unimodal backbones (not a vision-language strategy, but the zoo ho
 """
 
 from .. import unimodal
-from . import clip, flamingo, frozen_prefix, lit, prefix_lm
+from . import clip, flamingo, frozen_prefix, fusion, lit, prefix_lm
 
-REGISTRY = {"clip": clip, "lit": lit, "prefix_lm": prefix_lm, "frozen_prefix": frozen_prefix, "flamingo": flamingo}
+REGISTRY = {"clip": clip, "lit": lit, "prefix_lm": prefix_lm, "frozen_prefix": frozen_prefix, "flamingo": flamingo,
+            "fusion": fusion}
 OWNERS = {"unimodal": unimodal, **REGISTRY}  # every module whose models the checkpoint zoo holds
