@@ -21,4 +21,9 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                                 "the tower (shape questions 0.21), so scene F1, which needs every shape, stays low",
     ("flamingo", "vqa_acc"): "count and position are read (0.81, 0.69), colour partly (0.47); shape (0.21) and size (0.26) "
                              "are not, within 400 steps on a tower without shape",
+    ("fusion", "relation_swap_acc"): "ViLT's ITM head after 900 steps from the label-free MAE ViT: it cannot yet see "
+                                     "shape, and every hard negative hinges on shape or binding, so the swaps stay near "
+                                     "chance (0.52)",
+    ("fusion", "mlm_acc_image"): "colour words are read from the patches (0.71), shape words stay at chance (0.17)",
+    ("fusion", "vqa_acc"): "colour, size, count and existence beat the empty-picture prior; shape (0.18) does not",
 }

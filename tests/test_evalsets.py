@@ -87,7 +87,9 @@ def test_build_from_a_spec_gives_the_same_bench_again():
     a, b = evalsets.build(spec), evalsets.SceneBench.build(seed=0, n=5, image_size=32)
     assert isinstance(a, evalsets.SceneBench) and a.scenes == b.scenes and torch.equal(a.images, b.images)
     assert isinstance(evalsets.build({"kind": "dual_encoder", "seed": 0, "n": 4, "image_size": 32}), evalsets.DualEncoderBench)
-    with pytest.raises(ValueError, match=r"kind='shapes' is not one of \['dual_encoder', 'scenes', 'world_text'\]"):
+    both = evalsets.build({"kind": "fusion", "seed": 0, "n": 4, "image_size": 32})
+    assert both.scenes.scenes == evalsets.SceneBench.build(seed=0, n=4).scenes and len(both.pairs.retrieval) == 4
+    with pytest.raises(ValueError, match=r"kind='shapes' is not one of \['dual_encoder', 'fusion', 'scenes', 'world_text'\]"):
         evalsets.build({"kind": "shapes", "n": 5})
 
 

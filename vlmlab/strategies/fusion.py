@@ -17,7 +17,9 @@ Two more designs from the seed papers, on the same parts:
   layer's queries attending to their own stream and, through co-attention, to the other stream's keys;
 - `unimodal_depth` + `contrastive`: FLAVA (Singh et al. 2022): each modality first runs alone, a contrastive loss
   (CLIP's, notebook 02) aligns those unimodal outputs, then the fusion layers read both.
-A VQA head (ViLT's: an MLP on the pooled [CLS] over the answer vocabulary) is fine-tuned after pre-training.
+A VQA head (ViLT's: an MLP on the pooled [CLS] over the answer vocabulary) learns with them, as LXMERT pre-trains
+with question answering. ViLT starts its transformer from an ImageNet ViT; `init_from_vit` starts ours from notebook
+01's label-free MAE ViT. `text_to_image_attention` reads where each word looks (the notebook's widget).
 
 Letters in the shape comments: B batch, T text length, N image tokens, D width, V vocabulary, A answers.
 """
@@ -162,6 +164,7 @@ class RegionEmbedding(nn.Module):
 
 
 def blocks(c: Config, n: int, cross: bool = False) -> nn.ModuleList:
+    """n pre-norm transformer blocks of the config's width (with cross-attention: one stream of a two-stream model)."""
     return nn.ModuleList(Block(c.dim, c.n_heads, c.mlp_ratio, c.dropout, cross_attention=cross, norm_eps=1e-12)
                          for _ in range(n))
 
@@ -198,7 +201,6 @@ class Fusion(FrozenParts):
             self.text_proj, self.image_proj = nn.Linear(c.dim, c.embed_dim, bias=False), nn.Linear(c.dim, c.embed_dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.apply(_init_weights)
-        self.text_embed.norm.reset_parameters(), self.mlm.norm.reset_parameters()
 
     @classmethod
     def from_config(cls, config: dict) -> Fusion:
