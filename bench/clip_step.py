@@ -26,10 +26,8 @@ FLOP/s divided by the FLOP/s of a 1024^3 fp32 matmul measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import block_weights, compare, machine, matmul_flops, step_fn, write
+from common import block_weights, compare, first_losses, machine, matmul_flops, quick_or_full, step_fn, write
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
@@ -105,10 +103,6 @@ def hf_loss(model, images, ids, mask):
     return lambda: model(input_ids=ids, pixel_values=images, attention_mask=mask, return_loss=True).loss
 
 
-def first_losses(loss_a, loss_b) -> tuple[float, float]:
-    with torch.no_grad():
-        return loss_a().item(), loss_b().item()
-
 
 def hf_case(c: HFCLIPConfig, device: str, warmup: int, steps: int) -> dict:
     """Our CLIP against HF's CLIPModel, same weights, same batch."""
@@ -155,10 +149,7 @@ def sizes(c: HFCLIPConfig) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
-    args = parser.parse_args()
-    warmup, steps = (1, 4) if args.quick else (3, 20)
+    quick, warmup, steps = quick_or_full(__doc__)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     c = hf_config()
     peak, peak_bf16 = matmul_flops(), matmul_flops(dtype=torch.bfloat16)
@@ -168,7 +159,7 @@ def main() -> None:
     row["efficiency_ours"] = round(row["gflops_ours"] * 1e9 / peak, 3)
     row["efficiency_hf"] = round(row["gflops_hf"] * 1e9 / peak, 3)
     print(f"device {machine()['device']}, threads {torch.get_num_threads()}, matmul {peak / 1e9:.1f} GFLOP/s fp32, "
-          f"{peak_bf16 / 1e9:.1f} bf16{' (quick)' if args.quick else ''}")
+          f"{peak_bf16 / 1e9:.1f} bf16{' (quick)' if quick else ''}")
     print(f"first loss ours {row['first_loss_ours']:.6f}, HF {row['first_loss_hf']:.6f}")
     print(f"{'params':>8} {'GFLOP/step':>10} {'ours s':>8} {'HF s':>8} {'ours/HF':>7} "
           f"{'ours GF/s':>9} {'HF GF/s':>8} {'eff ours':>8} {'eff HF':>7}")
@@ -178,10 +169,10 @@ def main() -> None:
     for r in autocast:
         print(f"{r['device']:>4}: bf16 autocast {r['step_s_bf16']:.4f} s, fp32 {r['step_s_fp32']:.4f} s, "
               f"bf16/fp32 {r['ratio_bf16_over_fp32']:.3f}")
-    result = {"quick": args.quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "matmul_gflops_bf16": round(peak_bf16 / 1e9, 2),
+    result = {"quick": quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "matmul_gflops_bf16": round(peak_bf16 / 1e9, 2),
               "warmup_steps": warmup, "timed_steps": steps, "sizes": sizes(c), "target_ratio_ours_over_hf": 1.0,
               "meets_target": row["ratio_ours_over_hf"] <= 1.0, "clip": row, "bf16_autocast": autocast}
-    print("wrote", write("clip_step_quick" if args.quick else "clip_step", result))
+    print("wrote", write("clip_step_quick" if quick else "clip_step", result))
 
 
 if __name__ == "__main__":

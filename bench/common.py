@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -96,3 +97,18 @@ def write(name: str, result: dict) -> Path:
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **result}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def first_losses(loss_a, loss_b) -> tuple[float, float]:
+    """Two models' losses on their first batch, without gradients: equal when a conversion copied the weights right."""
+    with torch.no_grad():
+        return loss_a().item(), loss_b().item()
+
+
+def quick_or_full(doc: str, full_steps: int = 20) -> tuple[bool, int, int]:
+    """The command line every benchmark takes: `--quick` (1 warm-up and 4 timed steps, to check that it runs) or the
+    full run (3 warm-up steps, `full_steps` timed). Returns (quick, warmup, steps)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
+    quick = parser.parse_args().quick
+    return (quick, 1, 4) if quick else (quick, 3, full_steps)

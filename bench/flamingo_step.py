@@ -21,10 +21,8 @@ efficiency is achieved FLOP/s divided by the FLOP/s of a 1024^3 fp32 matmul meas
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import compare, machine, matmul_flops, step_fn, write
+from common import compare, machine, matmul_flops, quick_or_full, step_fn, write
 from transformers import IdeficsConfig
 from transformers.models.idefics.modeling_idefics import IdeficsGatedCrossAttentionLayer
 
@@ -94,10 +92,7 @@ def train_flops() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
-    args = parser.parse_args()
-    warmup, steps = (1, 4) if args.quick else (3, 30)
+    quick, warmup, steps = quick_or_full(__doc__, 30)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peak = matmul_flops()
     hf, ours = make_stacks(device)
@@ -116,16 +111,16 @@ def main() -> None:
            "gflops_ours": round(flops / s_ours / 1e9, 2), "gflops_hf": round(flops / s_hf / 1e9, 2),
            "efficiency_ours": round(flops / s_ours / peak, 3), "efficiency_hf": round(flops / s_hf / peak, 3)}
     print(f"device {machine()['device']}, threads {torch.get_num_threads()}, matmul {peak / 1e9:.1f} GFLOP/s fp32"
-          f"{' (quick)' if args.quick else ''}")
+          f"{' (quick)' if quick else ''}")
     print(f"first loss ours {first_ours:.7f}, HF {first_hf:.7f}; {flops / 1e9:.2f} GFLOP per step")
     print(f"ours {s_ours * 1e3:.1f} ms, HF {s_hf * 1e3:.1f} ms, ours/HF {ratio:.3f}; efficiency ours "
           f"{row['efficiency_ours']:.3f}, HF {row['efficiency_hf']:.3f}")
     sizes = {"layers": LAYERS, "dim": DIM, "heads": HEADS, "ff_hidden": HIDDEN, "visual_dim": VISUAL_DIM, "batch": BATCH,
              "tokens": TOKENS, "images": IMAGES, "visual_tokens_per_image": PER_IMAGE, "style": "llama (RMSNorm, SwiGLU)"}
-    result = {"quick": args.quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup, "timed_steps": steps,
+    result = {"quick": quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup, "timed_steps": steps,
               "sizes": sizes, "hf_attn_implementation": "sdpa", "target_ratio_ours_over_hf": 1.0,
               "meets_target": ratio <= 1.0, "gated_layers": row}
-    print("wrote", write("flamingo_step_quick" if args.quick else "flamingo_step", result))
+    print("wrote", write("flamingo_step_quick" if quick else "flamingo_step", result))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ divided by the FLOP/s of a 1024^3 fp32 matmul measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from common import block_weights, compare, machine, matmul_flops, step_fn, write
+from common import block_weights, compare, first_losses, machine, matmul_flops, quick_or_full, step_fn, write
 from transformers import ViltConfig, ViltModel
 
 from vlmlab.strategies import fusion
@@ -107,10 +105,6 @@ def hf_loss(model: torch.nn.ModuleDict, pixels, ids, mask, labels):
     return loss
 
 
-def first_losses(loss_a, loss_b) -> tuple[float, float]:
-    with torch.no_grad():
-        return loss_a().item(), loss_b().item()
-
 
 def hf_case(c: ViltConfig, device: str, warmup: int, steps: int) -> dict:
     """Our Fusion against HF's ViltModel, same weights, same batch, same ITM head."""
@@ -147,10 +141,7 @@ def sizes(c: ViltConfig) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
-    args = parser.parse_args()
-    warmup, steps = (1, 4) if args.quick else (3, 20)
+    quick, warmup, steps = quick_or_full(__doc__)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     c = hf_config()
     peak = matmul_flops()
@@ -159,17 +150,17 @@ def main() -> None:
     row["efficiency_ours"] = round(row["gflops_ours"] * 1e9 / peak, 3)
     row["efficiency_hf"] = round(row["gflops_hf"] * 1e9 / peak, 3)
     print(f"device {machine()['device']}, threads {torch.get_num_threads()}, matmul {peak / 1e9:.1f} GFLOP/s fp32"
-          f"{' (quick)' if args.quick else ''}")
+          f"{' (quick)' if quick else ''}")
     print(f"first loss ours {row['first_loss_ours']:.6f}, HF {row['first_loss_hf']:.6f}")
     print(f"{'params':>8} {'GFLOP/step':>10} {'ours s':>8} {'HF s':>8} {'ours/HF':>7} "
           f"{'ours GF/s':>9} {'HF GF/s':>8} {'eff ours':>8} {'eff HF':>7}")
     print(f"{row['params_ours']:>8} {row['train_flops_per_step'] / 1e9:>10.2f} {row['step_s_ours']:>8.4f} "
           f"{row['step_s_hf']:>8.4f} {row['ratio_ours_over_hf']:>7.3f} {row['gflops_ours']:>9.1f} {row['gflops_hf']:>8.1f} "
           f"{row['efficiency_ours']:>8.3f} {row['efficiency_hf']:>7.3f}")
-    result = {"quick": args.quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup,
+    result = {"quick": quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup,
               "timed_steps": steps, "sizes": sizes(c), "target_ratio_ours_over_hf": 1.0,
               "meets_target": row["ratio_ours_over_hf"] <= 1.0, "fusion": row}
-    print("wrote", write("fusion_step_quick" if args.quick else "fusion_step", result))
+    print("wrote", write("fusion_step_quick" if quick else "fusion_step", result))
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ image. Threads: torch's default (OMP_NUM_THREADS when set), as in the other benc
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 
 import torch
-from common import block_weights, compare, machine, matmul_flops, step_fn, write
+from common import block_weights, compare, machine, matmul_flops, quick_or_full, step_fn, write
 
 from vlmlab.data import language
 from vlmlab.data.loaders import StepBatches, encode_texts
@@ -138,10 +137,7 @@ def generation_case(config: prefix_lm.Config, features: torch.Tensor, tokenizer,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
-    args = parser.parse_args()
-    warmup, steps = (1, 4) if args.quick else (3, 20)
+    quick, warmup, steps = quick_or_full(__doc__)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer()
     config = prefix_lm.Config(vocab_size=len(tokenizer))
@@ -153,7 +149,7 @@ def main() -> None:
     train["efficiency"] = round(train["gflops"] * 1e9 / peak, 3)
     train["efficiency_text_lm"] = round(train["gflops_text_lm"] * 1e9 / peak, 3)
     print(f"device {machine()['device']}, threads {torch.get_num_threads()}, fp32 matmul {peak / 1e9:.1f} GFLOP/s"
-          f"{' (quick)' if args.quick else ''}")
+          f"{' (quick)' if quick else ''}")
     print(f"train, batch {train['batch']} x {train['positions_per_row']} positions ({config.n_image_tokens} image + "
           f"{train['text_width']} text), {train['image_tokens_per_step'] + train['text_tokens_per_step']} real tokens "
           f"of which {train['text_tokens_per_step']} text")
@@ -170,12 +166,12 @@ def main() -> None:
           f"(rows equal {gen['greedy_rows_equal_cache_vs_no_cache']:.3f})")
     print(f"beam search ({BEAMS} beams) with cache {gen['beam_tokens_per_s_cached']} tokens/s, "
           f"{gen['ratio_beam_over_greedy']:.2f}x the time of greedy")
-    result = {"quick": args.quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup, "timed_steps": steps,
+    result = {"quick": quick, "matmul_gflops_fp32": round(peak / 1e9, 2), "warmup_steps": warmup, "timed_steps": steps,
               "sizes": {**asdict(config), "mlp_ratio": config.text_config().mlp_ratio, "batch": BATCH,
                         "new_tokens": NEW_TOKENS, "beams": BEAMS},
               "tokens_counted": "image tokens + real text tokens (padding excluded); generation: new tokens returned",
               "train": train, "generation": gen}
-    print("wrote", write("prefix_lm_step_quick" if args.quick else "prefix_lm_step", result))
+    print("wrote", write("prefix_lm_step_quick" if quick else "prefix_lm_step", result))
 
 
 if __name__ == "__main__":
