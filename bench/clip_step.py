@@ -27,7 +27,7 @@ FLOP/s divided by the FLOP/s of a 1024^3 fp32 matmul measured in the same run.
 from __future__ import annotations
 
 import torch
-from common import block_weights, compare, first_losses, machine, matmul_flops, quick_or_full, step_fn, write
+from common import block_weights, compare, first_losses, machine, matmul_flops, quick_or_full, report_against_hf, step_fn, write
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
@@ -109,10 +109,7 @@ def hf_case(c: HFCLIPConfig, device: str, warmup: int, steps: int) -> dict:
     hf, ours = make_models(c, device)
     batch = make_batch(c, device)
     loss_ours, loss_hf = our_loss(ours, *batch), hf_loss(hf, *batch)
-    first_ours, first_hf = first_losses(loss_ours, loss_hf)
-    if abs(first_ours - first_hf) > LOSS_TOLERANCE:
-        raise RuntimeError(f"first losses differ: ours {first_ours:.6f}, HF {first_hf:.6f} (allowed: {LOSS_TOLERANCE}); "
-                           "the conversion or the text pooling does not match")
+    first_ours, first_hf = first_losses(loss_ours, loss_hf, LOSS_TOLERANCE, "the conversion or the text pooling does not match")
     s_ours, s_hf, ratio = compare(step_fn(ours, loss_ours), step_fn(hf, loss_hf), warmup, steps)
     flops = vision_flops(c, BATCH) + text_flops(c, BATCH, TOKENS) + similarity_flops(c, BATCH)
     return {"device": device, "params_ours": sum(p.numel() for p in ours.parameters()),
@@ -156,16 +153,9 @@ def main() -> None:
     row = hf_case(c, device, warmup, steps)
     autocast = [autocast_case(c, d, warmup, steps) for d in ["cpu", "cuda"][: 1 + torch.cuda.is_available()]]
     peak = max(peak, matmul_flops())  # measured before and after: keep the better yardstick
-    row["efficiency_ours"] = round(row["gflops_ours"] * 1e9 / peak, 3)
-    row["efficiency_hf"] = round(row["gflops_hf"] * 1e9 / peak, 3)
     print(f"device {machine()['device']}, threads {torch.get_num_threads()}, matmul {peak / 1e9:.1f} GFLOP/s fp32, "
           f"{peak_bf16 / 1e9:.1f} bf16{' (quick)' if quick else ''}")
-    print(f"first loss ours {row['first_loss_ours']:.6f}, HF {row['first_loss_hf']:.6f}")
-    print(f"{'params':>8} {'GFLOP/step':>10} {'ours s':>8} {'HF s':>8} {'ours/HF':>7} "
-          f"{'ours GF/s':>9} {'HF GF/s':>8} {'eff ours':>8} {'eff HF':>7}")
-    print(f"{row['params_ours']:>8} {row['train_flops_per_step'] / 1e9:>10.2f} {row['step_s_ours']:>8.4f} "
-          f"{row['step_s_hf']:>8.4f} {row['ratio_ours_over_hf']:>7.3f} {row['gflops_ours']:>9.1f} {row['gflops_hf']:>8.1f} "
-          f"{row['efficiency_ours']:>8.3f} {row['efficiency_hf']:>7.3f}")
+    report_against_hf(row, peak)
     for r in autocast:
         print(f"{r['device']:>4}: bf16 autocast {r['step_s_bf16']:.4f} s, fp32 {r['step_s_fp32']:.4f} s, "
               f"bf16/fp32 {r['ratio_bf16_over_fp32']:.3f}")

@@ -99,10 +99,15 @@ def write(name: str, result: dict) -> Path:
     return path
 
 
-def first_losses(loss_a, loss_b) -> tuple[float, float]:
-    """Two models' losses on their first batch, without gradients: equal when a conversion copied the weights right."""
+def first_losses(loss_a, loss_b, tolerance: float | None = None,
+                 why: str = "the conversion does not match") -> tuple[float, float]:
+    """Two models' losses on their first batch, without gradients: equal when a conversion copied the weights right.
+    With `tolerance`, a RuntimeError when they differ by more (`why`: what that means)."""
     with torch.no_grad():
-        return loss_a().item(), loss_b().item()
+        a, b = loss_a().item(), loss_b().item()
+    if tolerance is not None and abs(a - b) > tolerance:
+        raise RuntimeError(f"first losses differ: ours {a:.6f}, HF {b:.6f} (allowed: {tolerance}); {why}")
+    return a, b
 
 
 def quick_or_full(doc: str, full_steps: int = 20) -> tuple[bool, int, int]:
@@ -112,3 +117,16 @@ def quick_or_full(doc: str, full_steps: int = 20) -> tuple[bool, int, int]:
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 4 timed steps: checks that it runs")
     quick = parser.parse_args().quick
     return (quick, 1, 4) if quick else (quick, 3, full_steps)
+
+
+def report_against_hf(row: dict, peak: float) -> None:
+    """Add the efficiencies (achieved FLOP/s over the matmul's `peak`) to a row of ours-against-Hugging-Face step
+    times, and print the row as a table line."""
+    row["efficiency_ours"] = round(row["gflops_ours"] * 1e9 / peak, 3)
+    row["efficiency_hf"] = round(row["gflops_hf"] * 1e9 / peak, 3)
+    print(f"first loss ours {row['first_loss_ours']:.6f}, HF {row['first_loss_hf']:.6f}")
+    print(f"{'params':>8} {'GFLOP/step':>10} {'ours s':>8} {'HF s':>8} {'ours/HF':>7} "
+          f"{'ours GF/s':>9} {'HF GF/s':>8} {'eff ours':>8} {'eff HF':>7}")
+    print(f"{row['params_ours']:>8} {row['train_flops_per_step'] / 1e9:>10.2f} {row['step_s_ours']:>8.4f} "
+          f"{row['step_s_hf']:>8.4f} {row['ratio_ours_over_hf']:>7.3f} {row['gflops_ours']:>9.1f} {row['gflops_hf']:>8.1f} "
+          f"{row['efficiency_ours']:>8.3f} {row['efficiency_hf']:>7.3f}")
