@@ -38,7 +38,7 @@ from torch import nn
 from ..attention import attention_weights, padding_mask, split_heads
 from ..data.evalsets import FusionBench
 from ..data.language import caption, hard_negatives
-from ..data.loaders import IGNORE_INDEX, TextBatch, indexed_collate, to_float
+from ..data.loaders import IGNORE_INDEX, TextBatch, indexed_collate
 from ..data.shapes import Scene
 from ..frozen import FrozenParts
 from ..harness import suite
@@ -46,7 +46,7 @@ from ..hf_convert import load_exactly
 from ..mlm import MLMHead, mask_tokens
 from ..nn import Block, PatchEmbed, ViT, _init_weights
 from ..params import SavedConfig, require, require_positive_ints
-from ..protocols import cosine_score
+from ..protocols import batch_image_features, cosine_score
 from ..unimodal import vision_tower
 from .clip import clip_loss
 
@@ -372,11 +372,6 @@ def answer_collate(inputs: torch.Tensor, questions: TextBatch, rows: torch.Tenso
 # ---------------------------------------------------------------- the losses
 
 
-def batch_image_features(model: Fusion, batch: dict) -> torch.Tensor:
-    """A batch's image input: regions a frozen detector made once (`image_features`) or float pixels."""
-    return batch["image_features"] if "image_features" in batch else model.image_features(to_float(batch["images"]))
-
-
 def masked_tokens(model: Fusion, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption of the captions (`vlmlab.mlm.mask_tokens`), never of [CLS], [SEP] or padding."""
     c = model.config
@@ -417,8 +412,9 @@ def pretraining_loss(model: Fusion, batch: dict) -> tuple[torch.Tensor, dict[str
     """MLM + ITM (+ FLAVA's contrastive loss). Two passes, as ViLT: the masked captions with their images (MLM, and
     the unimodal outputs for the contrastive loss), then the ITM rows: the first half of the batch with its own
     captions, the second half with negatives (`itm_negatives`), unmasked. The negatives are mined from the model's
-    own contrastive similarity when it has one (ALBEF), else from the batch's `similarity` when it carries one.
-    Notebook 06."""
+    own contrastive similarity when it has one (ALBEF), else from the batch's `similarity` when it carries one. The
+    contrastive loss reads the unimodal outputs of the masked captions, which saves a third pass (ALBEF's ITC reads
+    unmasked ones). Notebook 06."""
     c = model.config
     images, ids, mask = batch_image_features(model, batch), batch["input_ids"], batch["attention_mask"]
     inputs, labels = masked_tokens(model, ids)
