@@ -15,6 +15,8 @@ from vlmlab.harness import zero_shot_classifier  # noqa: E402
 from vlmlab.nn import TextConfig, ViTConfig  # noqa: E402
 from vlmlab.strategies.clip import CLIP, Config  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402
+    anchor_picker,
+    beta_slider,
     caption_explorer,
     caption_table,
     changed_word,
@@ -192,3 +194,33 @@ def test_itm_editor_scores_both_texts_and_follows_the_changed_word():
     assert calls[-1][0] == 5
     assert changed_word("a red star", "a blue star") == 1 and changed_word("a b", "a b") is None
     assert changed_word("a b", "a b c") == 2
+
+
+def test_anchor_picker_passes_the_removed_concepts_and_marks_the_truth():
+    calls = []
+
+    def predict_fn(scene, removed):
+        calls.append((scene.index, list(removed)))
+        return [("circle", 0.1), ("star", 0.9 if not removed else 0.2), (scene.objects[0].shape, 0.5)]
+
+    app = anchor_picker(predict_fn, ["circle", "star"])
+    index, boxes, row = app.children
+    assert calls[-1][1] == [] and "✓" in row.children[1].value
+    boxes.children[1].value = False  # untick "star"
+    assert calls[-1][1] == ["star"] and "anchors removed: star" in row.children[1].value
+    index.value = 4
+    assert calls[-1][0] == 4 and bytes(row.children[0].value).startswith(b"\x89PNG")
+
+
+def test_beta_slider_captions_again_when_beta_moves():
+    calls = []
+
+    def caption_fn(scene, beta):
+        calls.append(beta)
+        return " ".join(o.phrase for o in scene.objects) if beta > 0 else "a small purple square"
+
+    app = beta_slider(caption_fn, beta=1.0)
+    *controls, row = app.children
+    assert calls == [1.0] and "attribute F1 1.00" in row.children[1].value
+    controls[-1].value = 0.0
+    assert calls[-1] == 0.0 and "a small purple square" in row.children[1].value

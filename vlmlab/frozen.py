@@ -12,10 +12,13 @@ keeps the refs of its frozen parts, so reloading it finds exactly those files ag
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import warnings
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -28,7 +31,7 @@ def checksum(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -70,3 +73,26 @@ class FrozenParts(nn.Module):
             raise ValueError(f"{type(self).__name__}: the checkpoint's tensors differ from what this model saves: "
                              f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
         self.load_state_dict(state, strict=False)
+
+
+def refuse_optimizer_steps():
+    """From now on every optimizer step raises: a notebook that promises no training (07) keeps the promise. Returns
+    the hook's handle (`.remove()` lifts it)."""
+
+    def refuse(optimizer, args, kwargs):
+        raise RuntimeError(f"{type(optimizer).__name__}.step(): this notebook takes no gradient step")
+
+    return register_optimizer_step_pre_hook(refuse)
+
+
+def live_optimizers() -> int:
+    """How many torch optimizers exist in this process right now (0: nothing can have been trained here)."""
+    count = 0
+    with warnings.catch_warnings():  # isinstance() on every object wakes deprecated torch attributes
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                count += isinstance(obj, torch.optim.Optimizer)
+            except ReferenceError:  # a weak proxy whose object is gone
+                pass
+    return count

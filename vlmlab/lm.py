@@ -69,6 +69,10 @@ class TinyLanguageModel(LanguageModel):
         return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                           position_ids=position_ids, labels=labels, cache=cache, use_cache=use_cache)
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's states [B, T, D], what the next-token head reads (contrastive search, notebook 07)."""
+        return self.model.transformer(input_ids=input_ids, attention_mask=attention_mask)
+
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.transformer.blocks
@@ -127,6 +131,11 @@ class HFLanguageModel(LanguageModel):
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, past_key_values=cache.hf if cache is not None else None, use_cache=cache is not None)
         return LMOutput(out.logits, out.loss, cache)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's states [B, T, D], what the next-token head reads (contrastive search, notebook 07)."""
+        positions = default_positions(attention_mask, input_ids.shape[1])
+        return self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
 
     @property
     def blocks(self) -> nn.ModuleList:

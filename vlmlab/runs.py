@@ -84,11 +84,11 @@ def recorded() -> dict:
 
 
 COMPARISONS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound,
-               "<": lambda value, bound: value < bound}
+               "<": lambda value, bound: value < bound, ">": lambda value, bound: value > bound}
 
 
 def check_targets(targets: dict[str, dict[str, tuple[str, float]]], profile: str) -> dict[str, bool]:
-    """Compare the recorded metrics with a strategy's `TARGETS[profile]` ({metric: (">=" | "<=" | "<", bound)}):
+    """Compare the recorded metrics with a strategy's `TARGETS[profile]` ({metric: (">=" | "<=" | "<" | ">", bound)}):
     print one line per target, record `targets_met` (all measured targets met) and return {metric: met}. A target
     whose metric this run did not measure (a real track that was switched off) is reported and left out. A missed
     target is reported, not raised, so a learner's run still finishes. Introduced in notebook 03."""

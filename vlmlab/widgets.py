@@ -312,3 +312,54 @@ def itm_editor(score_fn: Callable[[Scene, str, int | None], tuple[float, np.ndar
         w.observe(score, names="value")
     new_scene()
     return W.VBox([index, original, edited, W.HBox([image, shown])])
+
+
+def prediction_table(predicted: list[tuple[str, float]], truth: str) -> str:
+    """HTML: zero-shot class scores, best first, the true class marked."""
+    rows = "".join(f"<tr><td>{'<b>' if name == truth else ''}{html.escape(name)}{'</b> ✓' if name == truth else ''}</td>"
+                   f"<td>{score:.3f}</td></tr>" for name, score in sorted(predicted, key=lambda x: -x[1]))
+    return f"<table><tr><th>class</th><th>score</th></tr>{rows}</table>"
+
+
+def anchor_picker(predict_fn: Callable[[Scene, list[str]], list[tuple[str, float]]], concepts: list[str],
+                  attribute: str = "shape", seed: int = 0) -> W.Widget:
+    """Notebook 07. Untick a concept and ASIF loses every anchor whose caption names it; the zero-shot scores of a
+    held-out one-object scene change at once, with no training. `predict_fn(scene, removed concepts)` -> [(class,
+    score), ...]; the scene's true `attribute` is marked."""
+    world = ShapesWorld(seed=seed, min_objects=1, max_objects=1)
+    index = W.IntSlider(value=0, min=0, max=199, description="test scene", layout=W.Layout(width="420px"))
+    keep = {c: W.Checkbox(value=True, description=c, indent=False, layout=W.Layout(width="110px")) for c in concepts}
+    image, shown = W.Image(format="png", width=160, height=160), W.HTML()
+
+    def update(_=None) -> None:
+        scene = world.scene(index.value, "test")
+        image.value = _png(render_array(scene, 64), 160)
+        removed = [c for c, box in keep.items() if not box.value]
+        shown.value = (f"anchors removed: {html.escape(', '.join(removed) or 'none')}<br>"
+                       + prediction_table(predict_fn(scene, removed), getattr(scene.objects[0], attribute)))
+
+    for w in (index, *keep.values()):
+        w.observe(update, names="value")
+    update()
+    return W.VBox([index, W.HBox(list(keep.values()), layout=W.Layout(flex_flow="row wrap", width="900px")),
+                   W.HBox([image, shown])])
+
+
+def beta_slider(caption_fn: Callable[[Scene, float], str], seed: int = 0, beta: float = 1.0) -> W.Widget:
+    """Notebook 07. MaGiC's image weight beta: 0 is the language model alone; slide it up and the caption turns
+    to the picture. `caption_fn(scene, beta)` -> caption; its attribute F1 against the scene is shown."""
+    controls = _scene_controls() | {
+        "beta": W.FloatSlider(value=beta, min=0.0, max=4.0, step=0.25, description="beta", layout=W.Layout(width="360px"))}
+    image, shown = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def update(_=None) -> None:
+        scene = _picked_scene(controls, seed)
+        image.value = _png(render_array(scene, 64), 192)
+        said = caption_fn(scene, controls["beta"].value)
+        shown.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br><b>caption</b>: "
+                       f"{html.escape(said)}<br>attribute F1 {attribute_f1([said], [scene])['f1']:.2f}")
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    return W.VBox([*controls.values(), W.HBox([image, shown])])

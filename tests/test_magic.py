@@ -1,0 +1,79 @@
+"""MaGiC (notebook 07): the degeneration penalty, the MaGiC score as a logits processor, captions with and without
+the image."""
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_VOCAB
+
+from vlmlab.generation import generate
+from vlmlab.lm import TinyLanguageModel
+from vlmlab.strategies import magic
+
+
+def test_degeneration_penalty_is_the_highest_cosine_with_an_earlier_real_token():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    hidden = torch.stack([e1, e2, 2 * e1])[None]  # the candidate (last) repeats the first token's direction
+    assert magic.degeneration_penalty(hidden, torch.ones(1, 3)).item() == pytest.approx(1.0)
+    assert magic.degeneration_penalty(hidden, torch.tensor([[0, 1, 1]])).item() == pytest.approx(0.0)  # padding ignored
+
+
+def processor(lm, alpha, beta, match=None, k=4):
+    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    config = magic.Config(k=k, alpha=alpha, beta=beta)
+    match = match or (lambda texts, mask: torch.zeros(len(texts)))
+    return magic.MagicProcessor(lm, prompt, torch.ones_like(prompt), match, config), prompt
+
+
+def test_without_penalty_and_image_it_is_greedy_over_k_candidates(tiny_lm):
+    lm = TinyLanguageModel(tiny_lm())
+    proc, prompt = processor(lm, alpha=0.0, beta=0.0)
+    logits = lm(input_ids=prompt).logits[:, -1]
+    scores = proc(prompt[:, :0], logits)
+    assert scores.isfinite().sum(dim=1).tolist() == [4, 4]
+    assert torch.equal(scores.argmax(dim=1), logits.argmax(dim=1))
+    torch.testing.assert_close(scores.max(dim=1).values, logits.softmax(dim=1).max(dim=1).values)
+
+
+def test_the_image_term_can_overrule_the_language_model(tiny_lm):
+    lm = TinyLanguageModel(tiny_lm())
+    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    logits = lm(input_ids=prompt).logits[:, -1]
+    wanted = logits.topk(4, dim=1).indices[:, 3]  # each row's 4th most likely token
+
+    def match(texts, mask):  # the "image" likes exactly that token as the continuation
+        return 50.0 * (texts[:, -1] == wanted.repeat_interleave(4)).float()
+
+    proc, _ = processor(lm, alpha=0.1, beta=5.0, match=match)
+    assert torch.equal(proc(prompt[:, :0], logits).argmax(dim=1), wanted)
+
+
+def test_it_runs_inside_the_one_decoding_loop(tiny_lm):
+    lm = TinyLanguageModel(tiny_lm())
+    proc, prompt = processor(lm, alpha=0.3, beta=0.0)
+    out = generate(lm, input_ids=prompt, max_new_tokens=5, logits_processor=proc, pad_token_id=0)
+    assert out.shape == (2, 5) and int(out.max()) < TINY_VOCAB
+
+
+def test_without_the_image_every_picture_gets_the_same_caption(tiny_zoo, tok):
+    from test_contract import tiny_magic
+
+    model, _, bench = tiny_magic(tiny_zoo, tok)
+    blind = model.caption(tok, bench.images, beta=0.0)
+    assert len(set(blind)) == 1 and blind[0].startswith(model.config.prompt)
+    assert len(model.caption(tok, bench.images[:2], beta=2.0)) == 2
+    assert not any(p.requires_grad for p in model.parameters()) and magic.batch_loss is None
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"alpha": 1.5}, {"beta": -1.0}, {"max_new_tokens": 0}])
+def test_config_rejects_bad_values_by_name(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        magic.Config(**bad)
+
+
+def test_scores_outside_the_candidates_are_minus_infinity(tiny_lm):
+    lm = TinyLanguageModel(tiny_lm())
+    proc, prompt = processor(lm, alpha=0.5, beta=1.0, k=3)
+    scores = proc(prompt[:, :0], lm(input_ids=prompt).logits[:, -1])
+    assert (scores == -math.inf).sum().item() == 2 * (TINY_VOCAB - 3)
