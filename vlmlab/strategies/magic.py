@@ -101,6 +101,35 @@ def clip_match(clip, image_embeddings: torch.Tensor, eos_token_id: int, k: int) 
     return match
 
 
+def decoded_match(tokenizer, prompt_length: int, score: Callable[[list[str]], torch.Tensor]) -> ImageMatch:
+    """For a judge that reads strings (another tokenizer, a sentence encoder): each candidate text without its prompt
+    (the first `prompt_length` columns), decoded, is scored by `score(strings) -> [B * k]` (notebook 07's real track)."""
+
+    def match(texts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return score([s.strip() for s in tokenizer.batch_decode(texts[:, prompt_length:], skip_special_tokens=True)])
+
+    return match
+
+
+@torch.no_grad()
+def magic_generate(lm: LanguageModel, tokenizer, n: int, match_for: Callable[[slice, int], ImageMatch], config: Config,
+                   stop: list[int] | None = None, bos: bool = True, batch_size: int = 100) -> list[str]:
+    """Continuations of `config.prompt` for n images, greedy under MaGiC's score, `batch_size` images at a time:
+    `match_for(rows, prompt_length)` gives the ImageMatch of the images `rows` (a slice). Stops at `stop` tokens
+    (default: the tokenizer's eos)."""
+    device, out = next(lm.parameters()).device, []
+    stop = stop if stop is not None else [tokenizer.eos_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    for start in range(0, n, batch_size):
+        rows = slice(start, min(n, start + batch_size))
+        ids, mask = (t.to(device) for t in prompt_ids(tokenizer, [config.prompt] * (rows.stop - rows.start), bos))
+        processor = MagicProcessor(lm, ids, mask, match_for(rows, ids.size(1)), config)
+        new = generate(lm, input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, eos_token_id=stop,
+                       pad_token_id=pad, logits_processor=processor)
+        out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
 class Magic(FrozenParts):
     """A frozen LM and a frozen CLIP, nothing else: `caption(tokenizer, images)` writes with MaGiC's score."""
 
@@ -121,16 +150,14 @@ class Magic(FrozenParts):
         """Captions of uint8 images [N, 3, H, W], each the prompt and its continuation. `changes` override the
         config for this call (k, alpha, beta, prompt, max_new_tokens)."""
         c = Config(**{**self.config.to_dict(), **changes})
-        device, out = self.clip.logit_scale.device, []
-        for start in range(0, len(images), batch_size):
-            pixels = to_float(images[start : start + batch_size]).to(device)
-            ids, mask = (t.to(device) for t in prompt_ids(tokenizer, [c.prompt] * len(pixels)))
-            match = clip_match(self.clip, self.clip.encode_image(pixels), tokenizer.eos_token_id, c.k)
-            new = generate(self.lm, input_ids=ids, attention_mask=mask, max_new_tokens=c.max_new_tokens,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           logits_processor=MagicProcessor(self.lm, ids, mask, match, c))
-            out += [f"{c.prompt} {text.strip()}".strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return out
+        device = self.clip.logit_scale.device
+
+        def match_for(rows: slice, prompt_length: int) -> ImageMatch:
+            embeddings = self.clip.encode_image(to_float(images[rows]).to(device))
+            return clip_match(self.clip, embeddings, tokenizer.eos_token_id, c.k)
+
+        said = magic_generate(self.lm, tokenizer, len(images), match_for, c, batch_size=batch_size)
+        return [f"{c.prompt} {text}".strip() for text in said]
 
 
 batch_loss = None  # the contract's name; None: MaGiC has nothing to train
