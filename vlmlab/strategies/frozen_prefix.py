@@ -15,7 +15,8 @@ THROUGH the frozen LM to reach the prefix; the LM's weights just never change. T
 - "linear" (Frozen's): every image token mapped linearly to one prefix vector, k = the number of tokens;
 - "deep": prefix-tuning (Li & Liang 2021) written by the image: k keys and values for EVERY layer's attention,
   which the frozen LM reads as if they were cached past tokens;
-- "object": the deep prefix notebook 04 ends with: constant keys, values a linear map of a detector's object list.
+- "object": the deep prefix notebook 04 ends with: constant keys, values a linear map of a detector's object list;
+- "qformer": BLIP-2's second stage (notebook 08): a Q-Former's query outputs, projected (`blip2.QueryPrefix`).
 
 An input prefix ([B, k, D]) goes in front of the text; a deep prefix ([B, L, 2, k, D]) goes into every layer's
 cache; a mapper says which it writes with its `deep` attribute. `PrefixCaptioner` takes either, so one class is
@@ -39,8 +40,9 @@ from ..nn import Block, LMOutput
 from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import caption_loss
 from ..unimodal import vision_tower
+from .blip2 import QFormer, QFormerConfig, QueryPrefix
 
-MAPPERS = ("mlp", "transformer", "linear", "deep", "object")
+MAPPERS = ("mlp", "transformer", "linear", "deep", "object", "qformer")
 
 
 class MLPMapper(nn.Module):
@@ -164,10 +166,13 @@ class Config(SavedConfig):
     train_vision: bool = False  # True: the vision tower trains too (Frozen)
     lm: dict = field(default_factory=lambda: {"name": "tiny-lm", "sha256": None})
     vision: dict | None = None  # a `unimodal.vision_tower` spec; None: the features are given
+    qformer: dict | None = None  # mapper "qformer": its `blip2.QFormerConfig` as a dict
 
     def __post_init__(self):
         require(self.mapper in (*MAPPERS, None), "mapper", self.mapper, f"one of {MAPPERS}, or None for a mapper of your own")
         require_positive_ints(self, ("in_dim", "k", "hidden", "dim", "depth", "n_heads"))
+        require(self.mapper != "qformer" or self.qformer is not None, "qformer", self.qformer,
+                "a blip2.QFormerConfig as a dict, for mapper 'qformer'")
 
 
 def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
@@ -182,6 +187,8 @@ def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
         return LinearMapper(c.in_dim, lm.dim)
     if c.mapper == "deep":
         return DeepPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers, c.dim, c.depth, c.n_heads)
+    if c.mapper == "qformer":
+        return QueryPrefix(QFormer(QFormerConfig(**c.qformer)), lm.dim)
     return ObjectPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers)
 
 

@@ -382,6 +382,20 @@ def pad_to(ids: torch.Tensor, width: int, value: int) -> torch.Tensor:
     return F.pad(ids, (0, width - ids.size(1)), value=value)
 
 
+def mined_partners(ids: torch.Tensor, similarity: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row i of a batch of captions ids [B, T], another row drawn in proportion to softmax(similarity[i])
+    (uniformly without a similarity [B, B]), never one whose caption reads exactly like row i's (two scenes can share
+    a caption: that pair would be true). -> indices [B]. ALBEF's in-batch hard negatives; notebooks 06 and 08."""
+    B = len(ids)
+    same = (ids[:, None] == ids[None]).all(dim=-1)  # [B, B]: its own caption, and any other scene's that is identical
+    scores = torch.zeros(B, B, device=ids.device) if similarity is None else similarity.float()
+    weights = scores.masked_fill(same, float("-inf")).softmax(dim=1).nan_to_num(0.0)  # a row of -inf gives NaN
+    lonely = weights.sum(dim=1) == 0  # every caption of the batch reads the same: take any other row
+    weights[lonely] = (~torch.eye(B, dtype=torch.bool, device=ids.device))[lonely].float()
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
 def itm_negatives(batch: dict, swap_negatives: float, similarity: torch.Tensor | None = None,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One wrong caption per image: (input_ids, attention_mask) [B, T']. Notebook 06.
@@ -392,16 +406,10 @@ def itm_negatives(batch: dict, swap_negatives: float, similarity: torch.Tensor |
     in-batch hard negatives: the captions the image is most easily confused with), uniformly when not. A caption
     that reads exactly like the image's own (two scenes can share one) is never drawn: it would be a true pair."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    B = len(ids)
-    same = (ids[:, None] == ids[None]).all(dim=-1)  # [B, B]: its own caption, and any other scene's that is identical
-    scores = torch.zeros(B, B, device=ids.device) if similarity is None else similarity.float()
-    weights = scores.masked_fill(same, float("-inf")).softmax(dim=1).nan_to_num(0.0)  # a row of -inf gives NaN
-    lonely = weights.sum(dim=1) == 0  # every caption of the batch reads the same: take any other row
-    weights[lonely] = (~torch.eye(B, dtype=torch.bool, device=ids.device))[lonely].float()
-    other = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # [B]
+    other = mined_partners(ids, similarity, generator)  # [B]
     neg_ids, neg_mask = ids[other], mask[other]
     if "negative_input_ids" in batch and swap_negatives > 0:
-        use = torch.rand(B, generator=generator, device=ids.device) < swap_negatives  # [B]
+        use = torch.rand(len(ids), generator=generator, device=ids.device) < swap_negatives  # [B]
         width = max(ids.size(1), batch["negative_input_ids"].size(1))
         neg_ids = torch.where(use[:, None], pad_to(batch["negative_input_ids"], width, 0), pad_to(neg_ids, width, 0))
         neg_mask = torch.where(use[:, None], pad_to(batch["negative_attention_mask"], width, 0), pad_to(neg_mask, width, 0))
