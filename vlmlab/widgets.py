@@ -342,7 +342,7 @@ def anchor_picker(predict_fn: Callable[[Scene, list[str]], list[tuple[str, float
         w.observe(update, names="value")
     update()
     return W.VBox([index, W.HBox(list(keep.values()), layout=W.Layout(flex_flow="row wrap", width="900px")),
-                   W.HBox([image, shown])])
+                   W.HBox([image, shown], layout=W.Layout(align_items="flex-start"))])  # the image keeps its shape
 
 
 def beta_slider(caption_fn: Callable[[Scene, float], str], seed: int = 0, beta: float = 1.0) -> W.Widget:

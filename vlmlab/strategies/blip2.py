@@ -116,20 +116,21 @@ class QFormerLayer(nn.Module):
 
 
 def self_attention_mask(kind: str, n_queries: int, text_mask: torch.Tensor) -> torch.Tensor:
-    """The stage-1 objective's mask over [queries; text]: bool [B, 1, Q + T, Q + T], True = may attend.
-    text_mask [B, T] (1 = a real token; padding is never attended to)."""
+    """The stage-1 objective's mask over [queries; text]: bool [B, 1, Q + T, Q + T], True = may attend ([B, 1, 1,
+    Q + T] for "bidirectional", where only the padding is hidden). text_mask [B, T] (1 = a real token; padding is
+    never attended to)."""
     require(kind in MASKS, "kind", kind, f"one of {MASKS}")
     B, T = text_mask.shape
     Q, device = n_queries, text_mask.device
-    is_query = torch.arange(Q + T, device=device) < Q  # [Q + T]
+    keys = torch.cat([text_mask.new_ones(B, Q), text_mask], dim=1).bool()  # [B, Q + T] padding hidden
     if kind == "bidirectional":
-        allowed = torch.ones(Q + T, Q + T, dtype=torch.bool, device=device)
-    elif kind == "unimodal":
+        return keys[:, None, None, :]
+    is_query = torch.arange(Q + T, device=device) < Q  # [Q + T]
+    if kind == "unimodal":
         allowed = is_query[:, None] == is_query[None, :]  # each side sees only itself
     else:  # causal: queries see queries; text sees every query and the text up to itself
         position = torch.arange(Q + T, device=device)
         allowed = torch.where(is_query[:, None], is_query[None, :], is_query[None, :] | (position[None, :] <= position[:, None]))
-    keys = torch.cat([text_mask.new_ones(B, Q), text_mask], dim=1).bool()  # [B, Q + T] padding hidden
     return allowed[None, None] & keys[:, None, None, :]
 
 
