@@ -14,7 +14,7 @@ from vlmlab.data.language import IMAGE_TOKEN, answer_vocabulary, caption, shot
 from vlmlab.data.loaders import encode_texts, indexed_collate, to_float
 from vlmlab.generation import generate_text
 from vlmlab.nn import TextConfig, ViTConfig
-from vlmlab.strategies import REGISTRY, asif, clip, flamingo, frozen_prefix, fusion, lit, magic, prefix_lm
+from vlmlab.strategies import REGISTRY, asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, magic, prefix_lm
 
 
 def tiny_clip(refs, tok):
@@ -90,8 +90,18 @@ def tiny_magic(refs, tok):
     return magic.Magic(config), scene_batch(tok, bench), bench
 
 
+def tiny_blip2(refs, tok):
+    qformer = blip2.QFormerConfig(vocab_size=len(tok), visual_dim=16, n_queries=2, dim=16, depth=2, n_heads=2, mlp_dim=32,
+                                  text_len=40)
+    config = blip2.Config(qformer=qformer, embed_dim=8, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                          vision={"tower": "vit", **refs["tiny-vit-detector"]})
+    bench = evalsets.DualEncoderBench.build(seed=0, n=4)
+    text = encode_texts(tok, [caption(s) for s in bench.retrieval], max_length=40, ends=blip2.Blip2.text_ends)
+    return blip2.Blip2(config), indexed_collate(bench.images["retrieval"], text)(list(range(4))), bench
+
+
 TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix,
-        "flamingo": tiny_flamingo, "fusion": tiny_fusion, "asif": tiny_asif, "magic": tiny_magic}
+        "flamingo": tiny_flamingo, "fusion": tiny_fusion, "asif": tiny_asif, "magic": tiny_magic, "blip2": tiny_blip2}
 
 
 def test_every_registered_strategy_has_a_tiny_builder_here():

@@ -27,11 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import harness
 from ..attention import attention, split_heads
+from ..data.evalsets import DualEncoderBench
+from ..data.language import caption
 from ..data.loaders import IGNORE_INDEX
+from ..evaluate import retrieval_recall
 from ..frozen import FrozenParts
 from ..params import SavedConfig, require, require_positive_ints
-from ..protocols import batch_image_features
+from ..protocols import batch_image_features, encode_for
 from ..unimodal import vision_tower
 from .clip import clip_loss
 from .fusion import mined_partners
@@ -302,6 +306,32 @@ def stage1_loss(model: Blip2, batch: dict) -> tuple[torch.Tensor, dict[str, floa
     """The sum of the three stage-1 losses, for `vlmlab.train.fit`."""
     losses = stage1_losses(model, batch)
     return sum(losses.values()), {name: value.item() for name, value in losses.items()}
+
+
+batch_loss = stage1_loss  # the contract's name: stage 1 trains the Q-Former and its heads; stage 2 is a PrefixCaptioner
+
+
+@torch.no_grad()
+def measure(model: Blip2, tokenizer, bench: DualEncoderBench) -> dict[str, float]:
+    """Stage 1's numbers: ITC retrieval (each image-text similarity the best over the queries) on the bench's
+    retrieval scenes, and the ITM head as a pair scorer on notebook 02's swap probes."""
+    model.eval()
+    features = harness.image_features(model, bench.images["retrieval"])  # [N, Ntok, Dv], the frozen tower's
+    text = encode_for(model, tokenizer, [caption(s) for s in bench.retrieval])
+    device = features.device
+    similarity = model.itc_similarity(model.image_embeddings(features),
+                                      model.text_embeddings(text.input_ids.to(device), text.attention_mask.to(device)))
+    out = {f"itc_t2i_{k}": v for k, v in retrieval_recall(similarity.T).items()}
+    out |= {f"itc_i2t_{k}": v for k, v in retrieval_recall(similarity).items()}
+    return out | {f"itm_{k}": v for k, v in harness.suite(model, tokenizer, "pair_scorer", bench).items()}
+
+
+TARGETS = {  # notebook 08 (not built yet): captions and VQA through the frozen LM after stage 2, on held-out scenes
+    "smoke": {},
+    "cpu": {"caption_f1": (">=", 0.85), "vqa_acc": (">=", 0.80)},
+    "gpu": {"caption_f1": (">=", 0.85), "vqa_acc": (">=", 0.80)},
+}
+SAVED: tuple[str, ...] = ()  # notebook 08 will ship its stage-1 and stage-2 models
 
 
 # ---------------------------------------------------------------- stage 2: generative learning
