@@ -138,14 +138,14 @@ class ASIF(FrozenParts):
 
     @torch.no_grad()
     def image_vectors(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        """uint8 images [N, 3, H, W] -> the image encoder's vectors [N, Di]."""
-        device = self.anchor_images.device
+        """uint8 images [N, 3, H, W] -> the image encoder's vectors [N, Di], on the encoder's device."""
+        device = next(self.image_encoder.parameters(), self.anchor_images).device
         return torch.cat([self.image_encoder(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
 
     @torch.no_grad()
     def text_vectors(self, tokenizer, texts: Sequence[str], batch_size: int = 1000) -> torch.Tensor:
-        """Texts -> the text encoder's vectors [N, Dt]."""
-        device, out = self.anchor_texts.device, []
+        """Texts -> the text encoder's vectors [N, Dt], on the encoder's device."""
+        device, out = next(self.text_encoder.parameters(), self.anchor_texts).device, []
         for start in range(0, len(texts), batch_size):
             batch = encode_texts(tokenizer, texts[start : start + batch_size], max_length=self.max_text_len)
             out.append(self.text_encoder(batch.input_ids.to(device), batch.attention_mask.to(device)))
@@ -156,7 +156,7 @@ class ASIF(FrozenParts):
         require(len(image_vectors) == len(text_vectors) >= 1, "anchors", (len(image_vectors), len(text_vectors)),
                 "as many anchor images as anchor texts, at least one")
         config = Config(**{**self.config.to_dict(), "n_anchors": len(image_vectors)})
-        model = ASIF(config, self.image_encoder, self.text_encoder)
+        model = ASIF(config, self.image_encoder, self.text_encoder).to(image_vectors.device)
         model.anchor_images.copy_(image_vectors)
         model.anchor_texts.copy_(text_vectors)
         return model
