@@ -147,3 +147,23 @@ def test_stage2_is_a_prefix_captioner_with_a_qformer_mapper(tiny_zoo, tok):
     assert len(said) == 2
     with pytest.raises(ValueError, match="qformer"):
         frozen_prefix.Config(mapper="qformer", in_dim=12, k=3)
+
+
+def test_query_attention_is_a_distribution_over_the_image_tokens(tok):
+    torch.manual_seed(0)
+    model = tiny_stage1(tok).eval()
+    weights = blip2.query_image_attention(model, torch.randn(2, 5, 12))
+    assert weights.shape == (2, 3, 5)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 3))
+
+
+def test_itm_keep_follows_the_match_probability(tok):
+    torch.manual_seed(0)
+    model = tiny_stage1(tok).eval()
+    batch = caption_batch(tok, 4)
+    with torch.no_grad():
+        model.itm_head.bias.copy_(torch.tensor([0.0, 50.0]))  # every pair a match
+    assert blip2.itm_keep(model, batch["image_features"], batch["input_ids"], batch["attention_mask"]).all()
+    with torch.no_grad():
+        model.itm_head.bias.copy_(torch.tensor([50.0, 0.0]))  # no pair a match
+    assert not blip2.itm_keep(model, batch["image_features"], batch["input_ids"], batch["attention_mask"]).any()

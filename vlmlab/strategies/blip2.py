@@ -277,6 +277,27 @@ class Blip2(FrozenParts):
         return F.linear(self.itg_transform(text), self.qformer.word_embeddings.weight, self.itg_bias)
 
 
+@torch.no_grad()
+def query_image_attention(model: Blip2, image_features: torch.Tensor) -> torch.Tensor:
+    """Where each query looks: the first layer's cross-attention weights from the queries (alone, as after stage 1)
+    to the image tokens, averaged over heads: [B, Q, N]. Notebook 08 draws them over the picture."""
+    q = model.qformer
+    x = q.norm(q.queries.expand(len(image_features), -1, -1))
+    x = q.layers[0].self_attention(x)  # [B, Q, D]: the queries after their own self-attention
+    cross = q.layers[0].cross_attention
+    keys = split_heads(cross.key(image_features), cross.n_heads)  # [B, H, N, hd]
+    weights = (split_heads(cross.query(x), cross.n_heads) @ keys.transpose(-2, -1) / keys.size(-1) ** 0.5).softmax(-1)
+    return weights.mean(dim=1)
+
+
+@torch.no_grad()
+def itm_keep(model: Blip2, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             threshold: float = 0.5) -> torch.Tensor:
+    """BLIP's filter (CapFilt): keep a pair when the ITM head's probability of a match exceeds `threshold`.
+    -> bool [B]. Notebook 08 filters the web-like noisy captions and the captioner's synthetic ones with it."""
+    return model.itm_logits(image_features, input_ids, attention_mask).softmax(dim=-1)[:, 1] > threshold
+
+
 def stage1_losses(model: Blip2, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """BLIP-2's three stage-1 losses on a caption batch ([CLS] caption [SEP]):
 
