@@ -88,11 +88,16 @@ class MeanWordEmbedding(nn.Module):
         return (self.words(input_ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def centred_cosine(x: torch.Tensor, anchors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities of vectors x [B, D] with anchors [A, D], both centred on `mean` [D] -> [B, A]."""
+    return F.normalize(x - mean, dim=-1) @ F.normalize(anchors - mean, dim=-1).T
+
+
 def relative(x: torch.Tensor, anchors: torch.Tensor, mean: torch.Tensor, k: int, p: float) -> torch.Tensor:
     """ASIF's relative representation: vectors x [B, D] against anchors [A, D] of the same encoder, both centred on
     `mean` [D] -> [B, A], non-zero at (at most) the k most similar anchors, whose cosines (clamped at 0) are raised
     to the power p; L2-normalised."""
-    sims = F.normalize(x - mean, dim=-1) @ F.normalize(anchors - mean, dim=-1).T  # [B, A]
+    sims = centred_cosine(x, anchors, mean)  # [B, A]
     top = sims.topk(min(k, sims.size(1)), dim=-1)
     sparse = torch.zeros_like(sims).scatter(1, top.indices, top.values.clamp(min=0) ** p)
     return F.normalize(sparse, dim=-1)
@@ -202,8 +207,7 @@ class ASIF(FrozenParts):
     def top_anchors(self, images: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
         """The k anchor images each image is closest to: (centred cosine similarities, indices) [B, k], best first.
         ASIF's explanation of a prediction is these anchors and their captions (the first `k_image` of them vote)."""
-        vectors, mean = self.image_encoder(images), self.anchor_images.mean(dim=0)
-        sims = F.normalize(vectors - mean, dim=-1) @ F.normalize(self.anchor_images - mean, dim=-1).T  # [B, A]
+        sims = centred_cosine(self.image_encoder(images), self.anchor_images, self.anchor_images.mean(dim=0))  # [B, A]
         return sims.topk(min(k, sims.size(1)), dim=-1)
 
 

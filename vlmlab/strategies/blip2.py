@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import harness
-from ..attention import attention, split_heads
+from ..attention import MultiHeadAttention, attention_weights, split_heads
 from ..data.evalsets import DualEncoderBench
 from ..data.language import caption
 from ..data.loaders import IGNORE_INDEX
 from ..evaluate import retrieval_recall
 from ..frozen import FrozenParts
+from ..nn import MLP
 from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import batch_image_features, encode_for
 from ..unimodal import vision_tower
@@ -67,34 +68,16 @@ class QFormerConfig(SavedConfig):
         require(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads={self.n_heads}")
 
 
-class BertAttention(nn.Module):
-    """BERT's attention sub-layer, post-norm: LayerNorm(x + dense(attention(x, context))). Self-attention when
-    `context` is None. x [B, T, D], context [B, S, Dc] -> [B, T, D]."""
+class PostNorm(nn.Module):
+    """BERT's residual, normalised after the sum: LayerNorm(x + sublayer(x, ...)). The Q-Former's attention and
+    feed-forward sub-layers are the workbook's own (`attention.MultiHeadAttention`, `nn.MLP`) inside it."""
 
-    def __init__(self, dim: int, n_heads: int, context_dim: int | None = None, eps: float = 1e-12, dropout: float = 0.0):
+    def __init__(self, sublayer: nn.Module, dim: int, eps: float):
         super().__init__()
-        self.n_heads = n_heads
-        self.query = nn.Linear(dim, dim)
-        self.key, self.value = nn.Linear(context_dim or dim, dim), nn.Linear(context_dim or dim, dim)
-        self.dense, self.norm, self.drop = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps), nn.Dropout(dropout)
+        self.sublayer, self.norm = sublayer, nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        source = x if context is None else context
-        q, k, v = (split_heads(f(s), self.n_heads) for f, s in ((self.query, x), (self.key, source), (self.value, source)))
-        out = attention(q, k, v, mask).transpose(1, 2).flatten(2)  # [B, T, D]
-        return self.norm(x + self.drop(self.dense(out)))
-
-
-class BertFeedForward(nn.Module):
-    """BERT's feed-forward sub-layer, post-norm: LayerNorm(x + W2 GELU(W1 x))."""
-
-    def __init__(self, dim: int, hidden: int, eps: float = 1e-12, dropout: float = 0.0):
-        super().__init__()
-        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-        self.norm, self.drop = nn.LayerNorm(dim, eps=eps), nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.drop(self.down(F.gelu(self.up(x)))))
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.norm(x + self.sublayer(x, **kwargs))
 
 
 class QFormerLayer(nn.Module):
@@ -104,17 +87,18 @@ class QFormerLayer(nn.Module):
 
     def __init__(self, c: QFormerConfig, cross: bool):
         super().__init__()
-        self.self_attention = BertAttention(c.dim, c.n_heads, eps=c.norm_eps, dropout=c.dropout)
-        self.cross_attention = BertAttention(c.dim, c.n_heads, c.visual_dim, c.norm_eps, c.dropout) if cross else None
-        self.query_ffn = BertFeedForward(c.dim, c.mlp_dim, c.norm_eps, c.dropout)
-        self.text_ffn = BertFeedForward(c.dim, c.mlp_dim, c.norm_eps, c.dropout)
+        self.self_attention = PostNorm(MultiHeadAttention(c.dim, c.n_heads, c.dropout), c.dim, c.norm_eps)
+        self.cross_attention = (PostNorm(MultiHeadAttention(c.dim, c.n_heads, c.dropout, kv_dim=c.visual_dim), c.dim,
+                                         c.norm_eps) if cross else None)
+        self.query_ffn = PostNorm(MLP(c.dim, c.mlp_dim, c.dropout), c.dim, c.norm_eps)
+        self.text_ffn = PostNorm(MLP(c.dim, c.mlp_dim, c.dropout), c.dim, c.norm_eps)
 
     def forward(self, x: torch.Tensor, n_queries: int, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, Q + T, D] (queries first), image [B, N, Dv], mask bool broadcastable to [B, H, Q + T, Q + T]."""
         x = self.self_attention(x, mask=mask)
         queries, text = x[:, :n_queries], x[:, n_queries:]
         if self.cross_attention is not None and n_queries > 0:
-            queries = self.cross_attention(queries, image)  # [B, Q, D]: only the queries look at the image
+            queries = self.cross_attention(queries, context=image)  # [B, Q, D]: only the queries look at the image
         parts = ([self.query_ffn(queries)] if n_queries > 0 else []) + ([self.text_ffn(text)] if text.size(1) else [])
         return torch.cat(parts, dim=1)
 
@@ -284,10 +268,9 @@ def query_image_attention(model: Blip2, image_features: torch.Tensor) -> torch.T
     q = model.qformer
     x = q.norm(q.queries.expand(len(image_features), -1, -1))
     x = q.layers[0].self_attention(x)  # [B, Q, D]: the queries after their own self-attention
-    cross = q.layers[0].cross_attention
-    keys = split_heads(cross.key(image_features), cross.n_heads)  # [B, H, N, hd]
-    weights = (split_heads(cross.query(x), cross.n_heads) @ keys.transpose(-2, -1) / keys.size(-1) ** 0.5).softmax(-1)
-    return weights.mean(dim=1)
+    cross = q.layers[0].cross_attention.sublayer
+    keys = split_heads(cross.kv(image_features).chunk(2, dim=-1)[0], cross.n_heads)  # [B, H, N, hd]
+    return attention_weights(split_heads(cross.q(x), cross.n_heads), keys).mean(dim=1)  # [B, Q, N]
 
 
 @torch.no_grad()
@@ -389,13 +372,17 @@ def hf_qformer_config(c: QFormerConfig):
 
 
 def _bert_attention(hf: dict[str, torch.Tensor], prefix: str, ours: str) -> dict[str, torch.Tensor]:
-    names = {"query": "attention.query", "key": "attention.key", "value": "attention.value", "dense": "output.dense",
-             "norm": "output.LayerNorm"}
-    return {f"{ours}.{o}.{p}": hf[f"{prefix}.{h}.{p}"] for o, h in names.items() for p in ("weight", "bias")}
+    """HF's query / key / value / output.dense / output.LayerNorm -> our q / kv (keys and values in one) / proj / norm."""
+    state = {f"{ours}.norm.{p}": hf[f"{prefix}.output.LayerNorm.{p}"] for p in ("weight", "bias")}
+    for p in ("weight", "bias"):
+        state[f"{ours}.sublayer.q.{p}"] = hf[f"{prefix}.attention.query.{p}"]
+        state[f"{ours}.sublayer.kv.{p}"] = torch.cat([hf[f"{prefix}.attention.key.{p}"], hf[f"{prefix}.attention.value.{p}"]])
+        state[f"{ours}.sublayer.proj.{p}"] = hf[f"{prefix}.output.dense.{p}"]
+    return state
 
 
 def _bert_ffn(hf: dict[str, torch.Tensor], intermediate: str, output: str, ours: str) -> dict[str, torch.Tensor]:
-    pairs = {"up": f"{intermediate}.dense", "down": f"{output}.dense", "norm": f"{output}.LayerNorm"}
+    pairs = {"sublayer.fc": f"{intermediate}.dense", "sublayer.proj": f"{output}.dense", "norm": f"{output}.LayerNorm"}
     return {f"{ours}.{o}.{p}": hf[f"{h}.{p}"] for o, h in pairs.items() for p in ("weight", "bias")}
 
 
