@@ -152,7 +152,7 @@ def test_stage2_is_a_prefix_captioner_with_a_qformer_mapper(tiny_zoo, tok):
 def test_query_attention_is_a_distribution_over_the_image_tokens(tok):
     torch.manual_seed(0)
     model = tiny_stage1(tok).eval()
-    weights = blip2.query_image_attention(model, torch.randn(2, 5, 12))
+    weights = blip2.query_image_attention(model.qformer, torch.randn(2, 5, 12))
     assert weights.shape == (2, 3, 5)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 3))
 
@@ -167,3 +167,37 @@ def test_itm_keep_follows_the_match_probability(tok):
     with torch.no_grad():
         model.itm_head.bias.copy_(torch.tensor([50.0, 0.0]))  # no pair a match
     assert not blip2.itm_keep(model, batch["image_features"], batch["input_ids"], batch["attention_mask"]).any()
+
+
+def test_the_itg_head_writes_through_the_one_decoding_loop(tok):
+    """CapFilt's captioner: Blip2 is a Captioner whose logits are the ITG head's; each call reruns the whole text, so
+    the decoding loop with a 'cache' (the text so far), without one, and step by step by hand agree."""
+    from vlmlab.generation import generate, generate_text
+
+    torch.manual_seed(0)
+    model = tiny_stage1(tok).eval()
+    features = torch.randn(3, 5, 12)
+    cached = generate(model, input_ids=torch.full((3, 1), tok.bos_token_id), condition=model.condition(features),
+                      max_new_tokens=5)
+    recomputed = generate(model, input_ids=torch.full((3, 1), tok.bos_token_id), condition=model.condition(features),
+                          max_new_tokens=5, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    ids = torch.full((3, 1), tok.bos_token_id)
+    for _ in range(cached.size(1)):  # greedy by hand, on the ITG head
+        with torch.no_grad():
+            ids = torch.cat([ids, model.itg_logits(features, ids, torch.ones_like(ids))[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(ids[:, 1:], cached)
+    assert len(generate_text(model, tok, features, max_new_tokens=4)) == 3
+
+
+def test_measure_reads_stage1_on_pairs_and_stage2_on_scenes(tiny_zoo, tok, monkeypatch):
+    from dataclasses import asdict
+
+    from vlmlab.strategies import frozen_prefix
+
+    qformer = tiny_stage1(tok).config.qformer
+    config = frozen_prefix.Config(mapper="qformer", in_dim=12, k=3, qformer=asdict(qformer), lm=tiny_zoo["tiny-lm"])
+    stage2 = frozen_prefix.PrefixCaptioner(config)
+    seen = []
+    monkeypatch.setattr(blip2, "measure_captioner", lambda model, tokenizer, bench: seen.append(model) or {"vqa_acc": 0.5})
+    assert blip2.measure(stage2, tok, bench=None) == {"vqa_acc": 0.5} and seen == [stage2]

@@ -40,7 +40,6 @@ from ..nn import Block, LMOutput
 from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import caption_loss
 from ..unimodal import vision_tower
-from .blip2 import QFormer, QFormerConfig, QueryPrefix
 
 MAPPERS = ("mlp", "transformer", "linear", "deep", "object", "qformer")
 
@@ -188,6 +187,8 @@ def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
     if c.mapper == "deep":
         return DeepPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers, c.dim, c.depth, c.n_heads)
     if c.mapper == "qformer":
+        from .blip2 import QFormer, QFormerConfig, QueryPrefix  # here: blip2 builds its stage 2 on this module
+
         return QueryPrefix(QFormer(QFormerConfig(**c.qformer)), lm.dim)
     return ObjectPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers)
 
