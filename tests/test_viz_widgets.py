@@ -24,10 +24,12 @@ from vlmlab.widgets import (  # noqa: E402
     fewshot_builder,
     fewshot_table,
     itm_editor,
+    query_explorer,
     retrieval_gallery,
     retrieve,
     scene_explorer,
     split_list,
+    token_shading,
     vqa_box,
     vqa_table,
     zero_shot_playground,
@@ -224,3 +226,23 @@ def test_beta_slider_captions_again_when_beta_moves():
     assert calls == [1.0] and "attribute F1 1.00" in row.children[1].value
     controls[-1].value = 0.0
     assert calls[-1] == 0.0 and "a small purple square" in row.children[1].value
+
+
+def test_token_shading_darkens_with_the_value_and_leaves_losses_white():
+    shaded = token_shading([("a", 0.0), ("red", 2.0), ("star", 1.0), ("<", -3.0)])
+    assert "1.00); padding: 1px 2px'>red" in shaded and "0.50); padding: 1px 2px'>star" in shaded
+    assert "0.00); padding: 1px 2px'>&lt;" in shaded  # escaped, and a token the query hurts is not shaded
+
+
+def test_query_explorer_explains_the_picked_query():
+    calls = []
+
+    def explain_fn(scene, query):
+        calls.append((scene.index, query))
+        return np.eye(4)[::-1] * (query + 1), [("a", 0.1), ("blue", float(query))]
+
+    app = query_explorer(explain_fn, n_queries=8)
+    *controls, row = app.children
+    assert calls == [(0, 0)] and bytes(row.children[0].value).startswith(b"\x89PNG") and "blue" in row.children[1].value
+    controls[-1].value = 5
+    assert calls[-1] == (0, 5) and controls[-1].max == 7

@@ -363,3 +363,34 @@ def beta_slider(caption_fn: Callable[[Scene, float], str], seed: int = 0, beta: 
         w.observe(update, names="value")
     update()
     return W.VBox([*controls.values(), W.HBox([image, shown])])
+
+
+def token_shading(tokens: list[tuple[str, float]]) -> str:
+    """HTML: each token on a background as dark as its value's share of the largest (values <= 0 stay white), the
+    value in a tooltip."""
+    top = max([value for _, value in tokens] + [1e-9])
+    spans = "".join(f"<span title='{value:+.2f}' style='background: rgba(214, 39, 40, {max(value, 0) / top:.2f}); "
+                    f"padding: 1px 2px'>{html.escape(token)}</span>" for token, value in tokens)
+    return f"<div style='font-family: monospace; line-height: 1.8'>{spans}</div>"
+
+
+def query_explorer(explain_fn: Callable[[Scene, int], tuple[np.ndarray, list[tuple[str, float]]]], n_queries: int,
+                   seed: int = 0) -> W.Widget:
+    """Notebook 08. Pick a held-out scene and one of the Q-Former's queries: the picture shows where that query looks,
+    and each token of the caption is shaded by how much that query helps to write it. `explain_fn(scene, query)` ->
+    (attention over the patches [h, w], [(token, log-probability lost without the query), ...])."""
+    controls = _scene_controls() | {"query": W.IntSlider(value=0, min=0, max=n_queries - 1, description="query",
+                                                         layout=W.Layout(width="360px"))}
+    image, shown = W.Image(format="png", width=192, height=192), W.HTML()
+
+    def update(_=None) -> None:
+        scene = _picked_scene(controls, seed)
+        weights, tokens = explain_fn(scene, controls["query"].value)
+        image.value = attention_overlay(render_array(scene, 64), weights)
+        shown.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br>"
+                       f"<b>caption</b>, darker = the query helps more:{token_shading(tokens)}")
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    return W.VBox([*controls.values(), W.HBox([image, shown], layout=W.Layout(align_items="flex-start"))])
