@@ -61,6 +61,8 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("fusion", "relation_swap_acc"): ("vilt-shapes", "relation_swap_acc"),
     ("fusion", "mlm_acc_image"): ("vilt-shapes", "mlm_acc_image"),
     ("fusion", "vqa_acc"): ("vilt-shapes", "vqa_acc"),
+    ("blip2", "caption_f1"): ("blip2-shapes", "caption_f1"),
+    ("blip2", "vqa_acc"): ("blip2-shapes", "vqa_acc"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
 
