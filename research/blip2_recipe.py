@@ -1,6 +1,7 @@
-"""Notebook 08's BLIP-2 recipe, outside the notebook (which is not built yet): stage 1 (the Q-Former's ITC + ITM +
-ITG over notebook 02's frozen CLIP tower), then stage 2 (the query outputs as a soft prompt into the frozen tiny LM,
-trained on captions and questions), against stage 2 from a fresh Q-Former at equal stage-2 steps: BLIP-2's ablation.
+"""Notebook 08's BLIP-2 recipe outside the notebook (its section 8 runs the same ablation): stage 1 (the Q-Former's
+ITC + ITM + ITG over notebook 02's frozen CLIP tower), then stage 2 (the query outputs as a soft prompt into the
+frozen tiny LM, trained on captions and questions), against stage 2 from a fresh Q-Former at equal stage-2 steps:
+BLIP-2's ablation.
 Measures ITC retrieval and the ITM head on the swap probes after stage 1, captions and VQA after stage 2.
 
     python research/blip2_recipe.py --stage1-steps 300 --stage2-steps 1500 --lr2 3e-3 [--tower vit:tiny-vit-detector]
