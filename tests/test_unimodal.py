@@ -161,6 +161,14 @@ def test_the_clip_towers_are_notebook_02s_image_tower_and_embedding(user_cache):
     with torch.no_grad():
         torch.testing.assert_close(tokens(pixels), clip.image_tower(pixels).hidden)  # [2, 17, D]
         torch.testing.assert_close(embedding(pixels), clip.encode_image(pixels))  # [2, E], unit vectors
+    penultimate = vision_tower({"tower": "clip-penultimate", "name": "clip-shapes"})  # LLaVA's features (notebook 09)
+    vit = clip.image_tower
+    with torch.no_grad():
+        x = vit.tokens(pixels)
+        for block in vit.blocks[:-1]:
+            x = block(x)
+        torch.testing.assert_close(penultimate(pixels), x[:, 1:])  # [2, 16, D]: patches only, before the last block
+        assert not torch.allclose(penultimate(pixels), tokens(pixels)[:, 1:])
 
 
 EVALSET = {"kind": "scenes", "seed": 0, "n": 40}

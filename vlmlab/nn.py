@@ -155,10 +155,14 @@ class ViT(nn.Module):
         """(h, w): how the N patches are laid out."""
         return self.patch_embed.grid
 
-    def forward(self, images: torch.Tensor) -> ViTOutput:
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """What the first block reads: the CLS token and the patch embeddings, with positions [B, 1 + N, D]."""
         x = self.patch_embed(images)  # [B, N, D]
         cls = self.cls_token.expand(x.size(0), -1, -1)  # [B, 1, D]
-        x = self.drop(self.pre_norm(torch.cat([cls, x], dim=1) + self.pos_embed))  # [B, 1 + N, D]
+        return self.drop(self.pre_norm(torch.cat([cls, x], dim=1) + self.pos_embed))  # [B, 1 + N, D]
+
+    def forward(self, images: torch.Tensor) -> ViTOutput:
+        x = self.tokens(images)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)

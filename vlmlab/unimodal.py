@@ -212,6 +212,21 @@ class ViTFeatures(nn.Module):
         return self.vit(pixels).hidden
 
 
+class PenultimatePatches(nn.Module):
+    """LLaVA's image features: a frozen ViT's patch vectors as its second-to-last block leaves them (no last block, no
+    final norm, no CLS): pixels [B, 3, H, W] -> [B, N, D]. Notebook 09."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.vit.tokens(pixels)  # [B, 1 + N, D]
+        for block in self.vit.blocks[:-1]:
+            x = block(x)
+        return x[:, 1:]
+
+
 class ObjectLister(nn.Module):
     """A detector's object list (`object_list`) of each image: pixels [B, 3, H, W] -> [B, 76]. Notebook 04."""
 
@@ -223,7 +238,7 @@ class ObjectLister(nn.Module):
         return object_list(self.regions(pixels))
 
 
-TOWERS = ("vit", "regions", "objects", "clip", "clip-embedding")
+TOWERS = ("vit", "regions", "objects", "clip", "clip-embedding", "clip-penultimate")
 
 
 class CLIPEmbedding(nn.Module):
@@ -244,13 +259,15 @@ def vision_tower(spec: dict) -> nn.Module:
     """A frozen vision tower, from a spec a config keeps: {"tower", "name", "sha256"}. Towers: "vit", a ViT's hidden
     states [B, 1 + N, D] (name tiny-vit-detector or tiny-vit-mae); "regions" or "objects", the detector's region tokens
     or object lists (name tiny-vit-detector-probe); "clip", the hidden states of a CLIP's image tower, and
-    "clip-embedding", its image embedding [B, E] (name clip-shapes, notebook 02's). The returned module carries
+    "clip-embedding", its image embedding [B, E], and "clip-penultimate", its patches after the second-to-last block
+    [B, N, D] (LLaVA's choice; name clip-shapes, notebook 02's). The returned module carries
     `spec`, with the hash of the file it loaded."""
     if spec.get("tower") not in TOWERS:
         raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
     model, ref = load(spec["name"], spec.get("sha256"))
     tower = {"vit": lambda: ViTFeatures(model), "regions": lambda: model, "objects": lambda: ObjectLister(model),
-             "clip": lambda: ViTFeatures(model.image_tower), "clip-embedding": lambda: CLIPEmbedding(model)}[spec["tower"]]()
+             "clip": lambda: ViTFeatures(model.image_tower), "clip-embedding": lambda: CLIPEmbedding(model),
+             "clip-penultimate": lambda: PenultimatePatches(model.image_tower)}[spec["tower"]]()
     tower.spec = {"tower": spec["tower"]} | ref
     return freeze(tower)
 
