@@ -10,11 +10,11 @@ import torch
 
 from vlmlab import protocols, runs, zoo
 from vlmlab.data import evalsets
-from vlmlab.data.language import IMAGE_TOKEN, answer_vocabulary, caption, shot
+from vlmlab.data.language import IMAGE_TOKEN, answer_vocabulary, caption, instructions, shot
 from vlmlab.data.loaders import encode_texts, indexed_collate, to_float
 from vlmlab.generation import generate_text
 from vlmlab.nn import TextConfig, ViTConfig
-from vlmlab.strategies import REGISTRY, asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, magic, prefix_lm
+from vlmlab.strategies import REGISTRY, asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, llava, magic, prefix_lm
 
 
 def tiny_clip(refs, tok):
@@ -100,8 +100,17 @@ def tiny_blip2(refs, tok):
     return blip2.Blip2(config), indexed_collate(bench.images["retrieval"], text)(list(range(4))), bench
 
 
+def tiny_llava(refs, tok):
+    config = llava.Config(projector="mlp", visual_dim=16, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                          train_lm=True, lm=refs["tiny-lm"], vision={"tower": "vit", **refs["tiny-vit-detector"]})
+    bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
+    chats = llava.encode_chats(tok, [instructions(s)["complex_reasoning"] for s in bench.scenes], max_length=60)
+    return llava.Llava(config), indexed_collate(bench.images, chats)(list(range(4))), bench
+
+
 TINY = {"clip": tiny_clip, "lit": tiny_lit, "prefix_lm": tiny_prefix_lm, "frozen_prefix": tiny_frozen_prefix,
-        "flamingo": tiny_flamingo, "fusion": tiny_fusion, "asif": tiny_asif, "magic": tiny_magic, "blip2": tiny_blip2}
+        "flamingo": tiny_flamingo, "fusion": tiny_fusion, "asif": tiny_asif, "magic": tiny_magic, "blip2": tiny_blip2,
+        "llava": tiny_llava}
 
 
 def test_every_registered_strategy_has_a_tiny_builder_here():

@@ -14,8 +14,8 @@ notebook 01's unimodal backbones (not a vision-language strategy, but the zoo ho
 """
 
 from .. import unimodal
-from . import asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, magic, prefix_lm
+from . import asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, llava, magic, prefix_lm
 
 REGISTRY = {"clip": clip, "lit": lit, "prefix_lm": prefix_lm, "frozen_prefix": frozen_prefix, "flamingo": flamingo,
-            "fusion": fusion, "asif": asif, "magic": magic, "blip2": blip2}
+            "fusion": fusion, "asif": asif, "magic": magic, "blip2": blip2, "llava": llava}
 OWNERS = {"unimodal": unimodal, **REGISTRY}  # every module whose models the checkpoint zoo holds

@@ -1,0 +1,120 @@
+"""LLaVA (notebook 09): the splice at the <image> slot, decoding with and without a cache, the chat labels, POPE's
+probes, and parity with Hugging Face's `LlavaForConditionalGeneration`."""
+
+import pytest
+import torch
+
+from vlmlab.data import evalsets
+from vlmlab.data.language import IMAGE_TOKEN, instructions
+from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
+from vlmlab.data.world_text import chat_text
+from vlmlab.generation import generate_text
+from vlmlab.strategies import llava
+
+
+@pytest.fixture
+def model(tiny_zoo, tok):
+    torch.manual_seed(0)
+    config = llava.Config(projector="mlp", visual_dim=12, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                          lm=tiny_zoo["tiny-lm"])
+    return llava.Llava(config).eval()
+
+
+def test_the_visual_tokens_fill_the_image_slot_and_carry_no_loss(model, tok):
+    chats = llava.encode_chats(tok, [instructions(s)["complex_reasoning"] for s in evalsets.generation_scenes(0, 2)], 60)
+    features = torch.randn(2, 5, 12)
+    out = model(input_ids=chats.input_ids, attention_mask=chats.attention_mask, labels=chats.labels,
+                **model.condition(features))
+    assert out.logits.shape[:2] == (2, chats.input_ids.size(1) + 4) and torch.isfinite(out.loss)
+    other = model(input_ids=chats.input_ids, attention_mask=chats.attention_mask, **model.condition(torch.randn(2, 5, 12)))
+    slot = int((chats.input_ids[0] == model.config.image_token_id).nonzero())
+    torch.testing.assert_close(other.logits[:, :slot], out.logits[:, :slot])  # before the image: the image changes nothing
+    assert not torch.allclose(other.logits[:, slot + 5:], out.logits[:, slot + 5:])  # after it: it does
+
+
+def test_stage1_trains_the_projector_alone_and_stage2_the_lm_too(tiny_zoo, tok):
+    ids = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    one = llava.Llava(llava.Config(projector="linear", visual_dim=12, image_token_id=ids, lm=tiny_zoo["tiny-lm"]))
+    two = llava.Llava(llava.Config(projector="mlp", visual_dim=12, image_token_id=ids, train_lm=True, lm=tiny_zoo["tiny-lm"]))
+    assert not any(p.requires_grad for p in one.lm.parameters()) and all(p.requires_grad for p in two.lm.parameters())
+    assert all(k.startswith("projector.") for k in one.saved_state())  # stage 1 keeps its projector only
+    assert any(k.startswith("lm.") for k in two.saved_state())  # stage 2 keeps the LM it trained
+    with pytest.raises(ValueError, match="projector"):
+        llava.Config(projector="qformer", lm=tiny_zoo["tiny-lm"])
+
+
+def test_decoding_with_a_cache_without_one_and_left_padded_agree(model, tok):
+    features = torch.randn(3, 5, 12)
+    prompts = [model.prompt_format["vqa"].format(q) for q in ("what color is the star?", "how many objects are there?",
+                                                              "is there a red circle in the image?")]
+    cached = generate_text(model, tok, features, prompts, max_new_tokens=6)
+    assert generate_text(model, tok, features, prompts, max_new_tokens=6, use_cache=False) == cached
+    assert [generate_text(model, tok, features[i : i + 1], prompts[i], max_new_tokens=6)[0] for i in range(3)] == cached
+
+
+def test_chat_labels_are_the_assistant_turns_and_the_ids_are_the_lm_corpus(tok):
+    turns = instructions(evalsets.generation_scenes(0, 1)[0])["conversation"]
+    chats = llava.encode_chats(tok, [turns], max_length=200)
+    whole = encode_texts(tok, [""], [chat_text(turns)], max_length=200)  # how the tiny LM read chats in notebook 01
+    assert torch.equal(chats.input_ids, whole.input_ids)  # the same tokens, so the LM sees its own format
+    labelled = tok.decode(chats.labels[0][chats.labels[0] != IGNORE_INDEX])
+    assert "USER" not in labelled and "ASSISTANT" not in labelled and IMAGE_TOKEN not in labelled
+    for gpt in turns[1::2]:
+        assert gpt["value"] in labelled
+    assert (chats.labels[0] == tok.eos_token_id).sum() == len(turns) // 2  # every assistant turn learns to end
+    with pytest.raises(ValueError, match="conversations"):
+        llava.encode_chats(tok, [turns[:1]], max_length=20)
+
+
+def test_pope_probes_are_balanced_and_truthful():
+    scenes = evalsets.generation_scenes(0, 50)
+    probes = llava.pope_probes(scenes, seed=1)
+    assert len(probes) == 100 and sum(p.answer == "yes" for p in probes) == 50
+    for p in probes:
+        colour, shape = p.question.removeprefix("is there a ").removesuffix(" in the image?").split()
+        seen = any((o.color, o.shape) == (colour, shape) for o in scenes[p.scene_index].objects)
+        assert seen == (p.answer == "yes")
+
+
+def test_parity_with_hugging_face_llava():
+    """The same image features and prompt: our projector and splice give Hugging Face's merged embeddings, and the
+    same Llama behind our LanguageModel interface gives its logits. HF's prompt repeats the image token N times;
+    ours holds it once and the splice makes room."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+
+    from vlmlab.lm import splice_visual, wrap_language_model
+
+    torch.manual_seed(0)
+    image_id, N = 63, 16
+    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=64)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    hf = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_id,
+                                                   projector_hidden_act="gelu", vision_feature_layer=-2,
+                                                   vision_feature_select_strategy="default")).eval()
+    causal = LlamaForCausalLM(text).eval()
+    causal.model.load_state_dict(hf.model.language_model.state_dict())
+    causal.lm_head.load_state_dict(hf.lm_head.state_dict())
+    ours = llava.Llava(llava.Config(projector="mlp", visual_dim=16, image_token_id=image_id, lm={"name": "hf", "sha256": None}),
+                       lm=wrap_language_model(causal)).eval()
+    hf_projector = hf.model.multi_modal_projector
+    ours.projector.load_state_dict({"0.weight": hf_projector.linear_1.weight, "0.bias": hf_projector.linear_1.bias,
+                                    "2.weight": hf_projector.linear_2.weight, "2.bias": hf_projector.linear_2.bias})
+    pixels = torch.randn(2, 3, 32, 32)
+    before, after = torch.tensor([[1, 5, 9], [1, 7, 2]]), torch.tensor([[11, 12], [13, 14]])
+    ids = torch.cat([before, torch.full((2, 1), image_id), after], dim=1)  # [2, 6]: one <image> each
+    hf_ids = torch.cat([before, torch.full((2, N), image_id), after], dim=1)  # [2, 21]
+    seen = {}
+    hook = hf.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        expected = hf(input_ids=hf_ids, pixel_values=pixels, attention_mask=torch.ones_like(hf_ids)).logits
+        raw = hf.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]  # [2, 16, 16]: LLaVA's
+        condition = ours.condition(raw)
+        merged = splice_visual(condition["visual"], ours.embed(ids), torch.ones_like(ids), input_ids=ids,
+                                     image_token_id=image_id).inputs_embeds
+        got = ours(input_ids=ids, attention_mask=torch.ones_like(ids), **condition).logits
+    hook.remove()
+    torch.testing.assert_close(merged, seen["embeds"])
+    torch.testing.assert_close(got, expected)
