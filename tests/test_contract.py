@@ -101,7 +101,7 @@ def tiny_blip2(refs, tok):
 
 
 def tiny_llava(refs, tok):
-    config = llava.Config(projector="mlp", visual_dim=16, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+    config = llava.Config(projector="mlp", visual_dim=16, n_visual=17, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                           train_lm=True, lm=refs["tiny-lm"], vision={"tower": "vit", **refs["tiny-vit-detector"]})
     bench = evalsets.SceneBench.build(seed=0, n=4, questions_per_scene=1)
     chats = llava.encode_chats(tok, [instructions(s)["complex_reasoning"] for s in bench.scenes], max_length=60)

@@ -136,3 +136,13 @@ def test_instructions_have_the_three_llava_kinds():
     for turns in conv.values():
         assert turns[0]["from"] == "human" and turns[0]["value"].startswith(IMAGE_TOKEN)
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+
+
+def test_the_complex_reasoning_instruction_is_one_of_the_scenes_reasoning_questions():
+    from vlmlab.data.language import instructions, reasoning_questions
+
+    for scene in ShapesWorld(seed=0).scenes(200, "test"):
+        asked = instructions(scene)["complex_reasoning"]
+        kinds = {kind for kind, *_ in reasoning_questions(scene)}
+        assert (asked[0]["value"].split("\n", 1)[1], asked[1]["value"]) in {(q, a) for _, q, a in reasoning_questions(scene)}
+        assert "same_size" in kinds and ("remaining" in kinds) == (len(scene.objects) >= 2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlmlab.data import evalsets
-from vlmlab.data.language import IMAGE_TOKEN, instructions
+from vlmlab.data.language import IMAGE_TOKEN, detailed_description, instructions, reasoning_questions
 from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
 from vlmlab.data.world_text import chat_text
 from vlmlab.generation import generate_text
@@ -15,7 +15,7 @@ from vlmlab.strategies import llava
 @pytest.fixture
 def model(tiny_zoo, tok):
     torch.manual_seed(0)
-    config = llava.Config(projector="mlp", visual_dim=12, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+    config = llava.Config(projector="mlp", visual_dim=12, n_visual=5, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                           lm=tiny_zoo["tiny-lm"])
     return llava.Llava(config).eval()
 
@@ -118,3 +118,26 @@ def test_parity_with_hugging_face_llava():
     hook.remove()
     torch.testing.assert_close(merged, seen["embeds"])
     torch.testing.assert_close(got, expected)
+
+
+def test_the_true_answers_score_full_marks_and_wrong_ones_do_not():
+    scenes = evalsets.generation_scenes(0, 40)
+    truths = [detailed_description(s) for s in scenes]
+    assert llava.description_f1(truths, scenes)["description_f1"] == 1.0
+    shuffled = llava.description_f1(truths[1:] + truths[:1], scenes)
+    assert shuffled["description_f1"] < 0.5 and llava.description_f1([""] * 40, scenes)["description_recall"] == 0.0
+    for scene in scenes:
+        for kind, _, answer in reasoning_questions(scene):
+            key = llava.reasoning_key(kind, answer)
+            assert key is not None and llava.reasoning_key(kind, "I cannot tell.") is None
+    assert llava.reasoning_key("same_size", "No: the red star is small, yes.") == "no"
+    assert llava.reasoning_key("remaining", "There are four objects; removing one leaves three.") == "three"
+    assert llava.reasoning_key("leftmost_color", "The leftmost object is a small red star, so its color is blue.") == "blue"
+
+
+def test_instruction_tuning_keeps_the_projector_and_trains_the_lm(model):
+    two = llava.instruction_tuning(model)
+    assert two.lm is model.lm and two.config.train_lm and not model.config.train_lm
+    assert all(p.requires_grad for p in two.lm.parameters()) and "lm" not in two.FROZEN
+    for a, b in zip(two.projector.parameters(), model.projector.parameters()):
+        assert torch.equal(a, b) and a is not b

@@ -260,24 +260,34 @@ def detailed_description(scene: Scene) -> str:
     return " ".join(parts)
 
 
-def _complex_reasoning(scene: Scene) -> tuple[str, str]:
+def _reasoning_rng(scene: Scene) -> random.Random:
+    return random.Random(f"reason:{scene.seed}:{scene.split}:{scene.index}")
+
+
+def reasoning_questions(scene: Scene, rng: random.Random | None = None) -> list[tuple[str, str, str]]:
+    """(kind, question, answer) of every complex-reasoning question the scene allows: "same_size" (a comparison),
+    "leftmost_color" (a relation: only when the first-listed object is furthest left) and "remaining" (counting,
+    two objects or more; `rng` draws the object removed, by default the scene's own draw)."""
+    rng = rng or _reasoning_rng(scene)
     objs = scene.objects
-    rng = random.Random(f"reason:{scene.seed}:{scene.split}:{scene.index}")
     sizes = {o.size for o in objs}
-    choices = [
-        ("Are all the objects the same size? Explain.",
-         f"{'Yes' if len(sizes) == 1 else 'No'}: " + listing([f"the {o.color} {o.shape} is {o.size}" for o in objs]) + "."),
-    ]
+    out = [("same_size", "Are all the objects the same size? Explain.",
+            f"{'Yes' if len(sizes) == 1 else 'No'}: " + listing([f"the {o.color} {o.shape} is {o.size}" for o in objs]) + ".")]
     if len(objs) == 1 or objs[0].col < objs[1].col:
-        choices.append(("Which object is furthest to the left, and what color is it?",
-                        f"The leftmost object is {a(objs[0].phrase)}, so its color is {objs[0].color}."))
+        out.append(("leftmost_color", "Which object is furthest to the left, and what color is it?",
+                    f"The leftmost object is {a(objs[0].phrase)}, so its color is {objs[0].color}."))
     if len(objs) >= 2:
         gone = objs[rng.randrange(len(objs))]
-        rest = len(objs) - 1
-        choices.append((f"If the {gone.color} {gone.shape} were removed, how many objects would remain?",
-                        f"There are {NUMBER_WORDS[len(objs)]} objects; removing the {gone.color} {gone.shape} "
-                        f"leaves {NUMBER_WORDS[rest]}."))
-    return rng.choice(choices)
+        out.append(("remaining", f"If the {gone.color} {gone.shape} were removed, how many objects would remain?",
+                    f"There are {NUMBER_WORDS[len(objs)]} objects; removing the {gone.color} {gone.shape} "
+                    f"leaves {NUMBER_WORDS[len(objs) - 1]}."))
+    return out
+
+
+def _complex_reasoning(scene: Scene) -> tuple[str, str]:
+    rng = _reasoning_rng(scene)
+    _, question, answer = rng.choice(reasoning_questions(scene, rng))  # one draw for the removed object, then this one
+    return question, answer
 
 
 def _sentence(text: str, end: str = ".") -> str:
