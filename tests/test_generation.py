@@ -391,3 +391,11 @@ def test_generate_text_refuses_a_prompt_longer_than_max_text_len(tok):
     assert 1 + len(tok.encode(long_prompt, add_special_tokens=False)) >= model.max_text_len
     with pytest.raises(ValueError, match="max_text_len=6"):
         generate_text(model, tok, features, ["", long_prompt])
+
+
+def test_on_token_streams_each_step_as_it_is_chosen(tiny_lm):
+    model, prompt, streamed = tiny_lm(), torch.randint(0, V, (2, 3)), []
+    out = generate(model, input_ids=prompt, max_new_tokens=5, on_token=lambda t: streamed.append(t.clone()))
+    assert torch.equal(torch.stack(streamed, dim=1), out)  # the same tokens, one step at a time
+    with pytest.raises(ValueError, match="on_token"):
+        generate(model, input_ids=prompt, max_new_tokens=2, strategy="beam", on_token=lambda t: None)

@@ -141,3 +141,19 @@ def test_instruction_tuning_keeps_the_projector_and_trains_the_lm(model):
     assert all(p.requires_grad for p in two.lm.parameters()) and "lm" not in two.FROZEN
     for a, b in zip(two.projector.parameters(), model.projector.parameters()):
         assert torch.equal(a, b) and a is not b
+
+
+def test_a_chat_continues_in_the_format_the_model_was_tuned_on(model, tok):
+    turns = instructions(evalsets.generation_scenes(0, 1)[0])["conversation"]
+    first = llava.chat_prompt([], "What do you see in this image?")
+    assert first == f"USER: {IMAGE_TOKEN}\nWhat do you see in this image? ASSISTANT:"
+    later = llava.chat_prompt(turns[:2], turns[2]["value"])
+    whole = chat_text(turns[:4])
+    assert whole.startswith(later) and later.count(IMAGE_TOKEN) == 1  # the tuned text, cut where the answer starts
+    streamed = []
+    said = llava.reply(model, tok, torch.randn(1, 5, 12), turns[:2], turns[2]["value"], on_text=streamed.append,
+                       max_new_tokens=6)
+    assert streamed and streamed[-1] == said and all(said.startswith(s[: len(s) - 2]) for s in streamed)
+    features = torch.randn(1, 5, 12)
+    assert llava.reply(model, tok, features, [], "how many objects are there?", max_new_tokens=6) == generate_text(
+        model, tok, features, llava.PROMPT_FORMAT["vqa"].format("how many objects are there?"), max_new_tokens=6)[0]

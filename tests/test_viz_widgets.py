@@ -4,8 +4,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import io  # noqa: E402
+from datetime import datetime  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from vlmlab import viz  # noqa: E402
 from vlmlab.data.language import caption, hard_negatives, vqa_pairs  # noqa: E402
@@ -20,6 +24,8 @@ from vlmlab.widgets import (  # noqa: E402
     caption_explorer,
     caption_table,
     changed_word,
+    chat_box,
+    chat_transcript,
     describe_scene,
     fewshot_builder,
     fewshot_table,
@@ -246,3 +252,38 @@ def test_query_explorer_explains_the_picked_query():
     assert calls == [(0, 0)] and bytes(row.children[0].value).startswith(b"\x89PNG") and "blue" in row.children[1].value
     controls[-1].value = 5
     assert calls[-1] == (0, 5) and controls[-1].max == 7
+
+
+def test_chat_box_streams_the_answer_and_keeps_the_conversation_per_image():
+    calls = []
+
+    def reply_fn(pixels, history, question, on_text):
+        calls.append((pixels.shape, [t["value"] for t in history], question))
+        on_text("a red")
+        return "a red star"
+
+    red, upload = np.zeros((64, 64, 3), np.uint8), Image.new("RGB", (20, 10), (0, 0, 255))
+    app = chat_box(reply_fn, {"scene 0": red, "scene 1": red + 255})
+    (picked, uploader), (question, send), (image, transcript) = (box.children for box in app.children)
+    send.click()
+    question.value = "and its size?"
+    send.click()
+    assert calls == [((64, 64, 3), [], "What do you see in this image?"),
+                     ((64, 64, 3), ["What do you see in this image?", "a red star"], "and its size?")]
+    assert transcript.value.count("<b>model</b>: a red star") == 2 and "▌" not in transcript.value
+    picked.value = "scene 1"  # a new image, a new conversation
+    assert transcript.value == "" and bytes(image.value).startswith(b"\x89PNG")
+    send.click()
+    assert calls[-1][1] == []
+    buffer = io.BytesIO()
+    upload.save(buffer, format="PNG")
+    uploader.value = ({"name": "mine.png", "type": "image/png", "size": len(buffer.getvalue()),
+                       "content": memoryview(buffer.getvalue()), "last_modified": datetime.now()},)
+    assert picked.value == "upload: mine.png"
+    send.click()
+    assert calls[-1][0] == (10, 20, 3)
+
+
+def test_chat_transcript_drops_the_image_marker_and_shows_the_answer_being_written():
+    shown = chat_transcript([{"from": "human", "value": "<image>\nWhat is <this>?"}], answering="a st")
+    assert "<image>" not in shown and "&lt;this&gt;" in shown and "<b>model</b>: a st ▌" in shown

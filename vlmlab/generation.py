@@ -158,7 +158,8 @@ def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: tor
              top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
              eos_token_id: int | list[int] | None = None,
              pad_token_id: int = 0, use_cache: bool = True, generator: torch.Generator | None = None,
-             logits_processor: LogitsProcessor | None = None) -> torch.Tensor:
+             logits_processor: LogitsProcessor | None = None,
+             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Continue the prompts: input_ids [B, T] or inputs_embeds [B, T, D], left-padded with attention_mask [B, T]
     when lengths differ (T may be 0 when the model's own prefix is the whole prompt). Introduced in notebook 01.
 
@@ -167,10 +168,13 @@ def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: tor
     call of the model (see the module docstring). Returns the NEW tokens only, LongTensor [B, n] with
     n <= max_new_tokens: once a row emits eos_token_id (or any of a list of them: Flamingo's chunks also end at
     <|endofchunk|>) it continues with pad_token_id, and generation stops early
-    when every row has. Call model.eval() first (dropout).
+    when every row has. `on_token(tokens [B])` is called with each step's new tokens as they are chosen (greedy and
+    sampling: a chat streams its answer, notebook 09). Call model.eval() first (dropout).
     """
     _validate(model, input_ids, inputs_embeds, attention_mask, max_new_tokens, strategy, temperature, top_k, top_p,
               num_beams, length_penalty, logits_processor)
+    require(on_token is None or (callable(on_token) and strategy != "beam"), "on_token", on_token,
+            "None, or a function of each step's tokens [B] (not with beam search, whose beams change their past)")
     # the prompt goes in as it was given: ids (a model may look for its <image> tokens there) or embeddings
     prompt = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}  # [B, T(, D)]
     first = next(iter(prompt.values()))
@@ -199,6 +203,8 @@ def generate(model, *, input_ids: torch.Tensor | None = None, inputs_embeds: tor
             token = sample_token(logits, temperature, top_k, top_p, generator)  # [B]
         token = token.masked_fill(finished, pad_token_id)  # rows that already ended get padding
         new_tokens.append(token)
+        if on_token is not None:
+            on_token(token)
         finished |= torch.isin(token, torch.tensor(stop, dtype=torch.long, device=device))
         if finished.all():
             break

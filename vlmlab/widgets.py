@@ -394,3 +394,60 @@ def query_explorer(explain_fn: Callable[[Scene, int], tuple[np.ndarray, list[tup
         w.observe(update, names="value")
     update()
     return W.VBox([*controls.values(), W.HBox([image, shown], layout=W.Layout(align_items="flex-start"))])
+
+
+def chat_transcript(history: list[dict[str, str]], answering: str | None = None) -> str:
+    """HTML: a conversation's turns (`language.Turn`s), the `<image>` marker dropped; `answering` is the answer being
+    written (streamed), shown after them."""
+    rows = [(t["from"], t["value"].replace("<image>\n", "").replace("<image>", "")) for t in history]
+    if answering is not None:
+        rows.append(("gpt", answering + " ▌"))
+    who = {"human": "you", "gpt": "model"}
+    return "".join(f"<p><b>{who[speaker]}</b>: {html.escape(text)}</p>" for speaker, text in rows)
+
+
+def uploaded_image(content: bytes) -> np.ndarray:
+    """An uploaded image file as RGB HWC uint8 (any format PIL reads)."""
+    return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
+
+
+def chat_box(reply_fn: Callable[[np.ndarray, list[dict[str, str]], str, Callable[[str], None]], str],
+             images: dict[str, np.ndarray]) -> W.Widget:
+    """Notebook 09. Pick an image (or upload your own), ask a question, watch the answer stream in; ask again and the
+    conversation continues; a new image starts a new one. `reply_fn(pixels HWC uint8, history, question, on_text)`
+    -> the answer, calling on_text(answer so far) as it writes."""
+    pictures = dict(images)
+    picked = W.Dropdown(options=list(pictures), description="image", layout=W.Layout(width="420px"))
+    upload = W.FileUpload(accept="image/*", multiple=False, description="your own")
+    question = W.Text(value="What do you see in this image?", description="you", layout=W.Layout(width="520px"))
+    send = W.Button(description="ask")
+    image, transcript = W.Image(format="png", width=192, height=192), W.HTML()
+    history: list[dict[str, str]] = []
+
+    def new_image(_=None) -> None:
+        history.clear()
+        image.value = _png(pictures[picked.value], 192)
+        transcript.value = ""
+
+    def add_upload(change) -> None:
+        for item in change["new"]:
+            pictures[f"upload: {item['name']}"] = uploaded_image(bytes(item["content"]))
+            picked.options = list(pictures)
+            picked.value = f"upload: {item['name']}"
+
+    def ask(_=None) -> None:
+        asked = question.value.strip()
+        if not asked:
+            return
+        answer = reply_fn(pictures[picked.value], list(history), asked,
+                          lambda so_far: setattr(transcript, "value", chat_transcript(
+                              history + [{"from": "human", "value": asked}], so_far)))
+        history.extend([{"from": "human", "value": asked}, {"from": "gpt", "value": answer}])
+        transcript.value = chat_transcript(history)
+
+    picked.observe(new_image, names="value")
+    upload.observe(add_upload, names="value")
+    send.on_click(ask)
+    new_image()
+    return W.VBox([W.HBox([picked, upload]), W.HBox([question, send]),
+                   W.HBox([image, transcript], layout=W.Layout(align_items="flex-start"))])

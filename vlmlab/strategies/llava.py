@@ -25,10 +25,10 @@ from ..data.evalsets import SceneBench
 from ..data.language import IMAGE_TOKEN, NUMBER_WORDS, RELATIONS, Turn, detailed_description, reasoning_questions
 from ..data.loaders import IGNORE_INDEX, TextBatch
 from ..data.shapes import COLORS, SHAPES, Scene
-from ..data.world_text import END_OF_TURN
+from ..data.world_text import END_OF_TURN, chat_text
 from ..evaluate import normalize_answer
 from ..frozen import FrozenParts
-from ..generation import generate_text
+from ..generation import generate, generate_text, prompt_ids
 from ..harness import image_features, suite
 from ..lm import LanguageModel, load_language_model, splice_visual
 from ..nn import LMOutput
@@ -156,6 +156,37 @@ def encode_chats(tokenizer, conversations: list[list[Turn]], max_length: int) ->
     return TextBatch(torch.tensor([pad(r, tokenizer.pad_token_id) for r in rows]),
                      torch.tensor([pad([1] * len(r), 0) for r in rows]),
                      torch.tensor([pad(r, IGNORE_INDEX) for r in label_rows]))
+
+
+def chat_prompt(history: list[Turn], question: str) -> str:
+    """The prompt for the next answer: the conversation so far (its first question carries the `<image>`), each
+    answer closed by <eos>, then the new question and "ASSISTANT:". The first question gets the image itself."""
+    if not history:
+        return f"USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
+    return f"{chat_text(history)}{END_OF_TURN}USER: {question} ASSISTANT:"
+
+
+@torch.no_grad()
+def reply(model: Llava, tokenizer, image_features: torch.Tensor, history: list[Turn], question: str,
+          on_text=None, max_new_tokens: int = 48) -> str:
+    """The model's answer to `question` about one image (features [1, N, Dv]) after `history`, greedy, ending at
+    <eos>. `on_text(answer so far)` is called after every token: the chat widget streams it."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in prompt_ids(tokenizer, [chat_prompt(history, question)]))
+    room = model.max_text_len - ids.size(1)
+    require(room > 0, "history", f"{ids.size(1)} tokens", f"fewer than the model's max_text_len={model.max_text_len}")
+    said: list[int] = []
+
+    def stream(token: torch.Tensor) -> None:
+        said.append(int(token[0]))
+        if on_text is not None:
+            on_text(tokenizer.decode(said, skip_special_tokens=True).strip())
+
+    generate(model, input_ids=ids, attention_mask=mask, condition=model.condition(image_features.to(device)),
+             max_new_tokens=min(max_new_tokens, room), eos_token_id=tokenizer.eos_token_id,
+             pad_token_id=tokenizer.pad_token_id, on_token=stream)
+    return tokenizer.decode(said, skip_special_tokens=True).strip()
 
 
 # ---------------------------------------------------------------- POPE: does it see what is not there?
