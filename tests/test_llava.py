@@ -137,8 +137,9 @@ def test_the_true_answers_score_full_marks_and_wrong_ones_do_not():
 
 def test_instruction_tuning_keeps_the_projector_and_trains_the_lm(model):
     two = llava.instruction_tuning(model)
-    assert two.lm is model.lm and two.config.train_lm and not model.config.train_lm
-    assert all(p.requires_grad for p in two.lm.parameters()) and "lm" not in two.FROZEN
+    assert two.lm.checksum() == model.lm.checksum() and two.lm is not model.lm  # a copy: stage 1 stays as it was
+    assert two.config.train_lm and not model.config.train_lm and "lm" not in two.FROZEN
+    assert all(p.requires_grad for p in two.lm.parameters()) and not any(p.requires_grad for p in model.lm.parameters())
     for a, b in zip(two.projector.parameters(), model.projector.parameters()):
         assert torch.equal(a, b) and a is not b
 

@@ -14,7 +14,7 @@ import pytest
 from known_misses import KNOWN_MISSES
 
 from vlmlab import runs, unimodal
-from vlmlab.strategies import asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, magic, prefix_lm
+from vlmlab.strategies import asif, blip2, clip, flamingo, frozen_prefix, fusion, lit, llava, magic, prefix_lm
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OWNERS = {  # each notebook's targets live in its strategy modules: notebook -> {owner: module}
@@ -26,6 +26,7 @@ OWNERS = {  # each notebook's targets live in its strategy modules: notebook -> 
     "06_mlm_itm": {"fusion": fusion},
     "07_no_training": {"asif": asif, "magic": magic},
     "08_blip2": {"blip2": blip2},
+    "09_llava": {"llava": llava},
 }
 TARGETS = {stem: [module.TARGETS for module in owners.values()] for stem, owners in OWNERS.items()}
 

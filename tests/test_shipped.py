@@ -63,6 +63,10 @@ SOURCES = {  # (owner, target metric) -> the shipped checkpoint that holds it, a
     ("fusion", "vqa_acc"): ("vilt-shapes", "vqa_acc"),
     ("blip2", "caption_f1"): ("blip2-shapes", "caption_f1"),
     ("blip2", "vqa_acc"): ("blip2-shapes", "vqa_acc"),
+    ("llava", "vqa_acc"): ("llava-shapes", "vqa_acc"),
+    ("llava", "reasoning_acc"): ("llava-shapes", "reasoning_acc"),
+    ("llava", "pope_acc"): ("llava-shapes", "pope_acc"),
+    ("llava", "description_f1"): ("llava-shapes", "description_f1"),
 }
 TARGETS = [(owner, metric) for owner, module in OWNERS.items() if module.SAVED for metric in module.TARGETS[PROFILE]]
 
