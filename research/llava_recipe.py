@@ -1,9 +1,9 @@
-"""Notebook 09's LLaVA recipe outside the notebook (which is not built yet): notebook 02's frozen CLIP tower (the
-patches after its second-to-last block) -> an MLP projector -> the tiny LM. Stage 1 (feature alignment): the
-projector alone on captions asked as one-turn chats. Stage 2 (visual instruction tuning): projector and LM on the
-world's instruction data (conversations, detailed descriptions, complex reasoning) plus one-turn questions, or on
-captions only (LLaVA's data ablation, `--data captions`); `--stage1-steps 0` skips the alignment stage. Measures
-VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
+"""Notebook 09's LLaVA recipe outside the notebook, with four times its stage-2 chats (600 steps of 64 against 300 of
+32): notebook 02's frozen CLIP tower (the patches after its second-to-last block) -> an MLP projector -> the tiny LM.
+Stage 1 (feature alignment): the projector alone on captions asked as one-turn chats. Stage 2 (visual instruction
+tuning): projector and LM on the world's instruction data (conversations, detailed descriptions, complex reasoning)
+plus one-turn questions, or on captions only (LLaVA's data ablation, `--data captions`); `--stage1-steps 0` skips the
+alignment stage. Measures VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
 
     python research/llava_recipe.py --stage1-steps 200 --stage2-steps 600 [--data captions] [--tower vit:tiny-vit-detector]
 """
