@@ -14,21 +14,15 @@ import time
 from dataclasses import asdict
 
 import torch
-from common import save_result
+from common import features_of, frozen_parts, save_result
 
-from vlmlab import harness, unimodal
-from vlmlab.data import evalsets, language, shapes
-from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate, to_float
+from vlmlab import harness
+from vlmlab.data import evalsets, language
+from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate
 from vlmlab.evaluate import retrieval_recall
-from vlmlab.lm import load_language_model
 from vlmlab.strategies import blip2, frozen_prefix
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
-
-
-@torch.no_grad()
-def features_of(tower, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tower(to_float(chunk)) for chunk in images.split(1000)])
 
 
 def stage2(qformer_config, lm, tower, feats, text, scene_of, args, start_from=None) -> tuple[dict, float]:
@@ -61,11 +55,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     tok = load_tokenizer()
+    tower, lm, scenes, feats = frozen_parts(args.tower, args.scenes, args.seed)  # feats [N, 17, Dv]
     kind, name = args.tower.split(":")
-    tower = unimodal.vision_tower({"tower": kind, "name": name})
-    lm = load_language_model("tiny-lm")
-    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.scenes, "train")
-    feats = features_of(tower, evalsets.images_of(scenes))  # [N, 17, Dv]
     qc = blip2.QFormerConfig(vocab_size=len(tok), visual_dim=feats.size(-1), n_queries=8, dim=96, depth=4, n_heads=4,
                              mlp_dim=384, text_len=32)
 

@@ -1,11 +1,32 @@
-"""Shared by the side runs: where their numbers go."""
+"""Shared by the side runs: the frozen parts they stand on, and where their numbers go."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
+from vlmlab import unimodal
+from vlmlab.data import evalsets, shapes
+from vlmlab.data.loaders import to_float
 from vlmlab.files import write_json_atomic
+from vlmlab.lm import load_language_model
+
+
+@torch.no_grad()
+def features_of(tower, images: torch.Tensor) -> torch.Tensor:
+    """A frozen tower's features of uint8 images, in chunks of 1,000."""
+    return torch.cat([tower(to_float(chunk)) for chunk in images.split(1000)])
+
+
+def frozen_parts(tower: str, n_scenes: int, seed: int):
+    """The vision tower a "kind:name" spec names, notebook 01's tiny LM, the first `n_scenes` training scenes and
+    their features: what a recipe on frozen parts (notebooks 08, 09) starts from."""
+    kind, name = tower.split(":")
+    vision = unimodal.vision_tower({"tower": kind, "name": name})
+    scenes = shapes.ShapesWorld(seed=seed).scenes(n_scenes, "train")
+    return vision, load_language_model("tiny-lm"), scenes, features_of(vision, evalsets.images_of(scenes))
 
 
 def save_result(script: str, run: str, result: dict) -> Path:

@@ -14,21 +14,14 @@ import argparse
 import time
 
 import torch
-from common import save_result
+from common import frozen_parts, save_result
 
-from vlmlab import unimodal
-from vlmlab.data import evalsets, language, shapes
+from vlmlab.data import evalsets, language
 from vlmlab.data.language import IMAGE_TOKEN
-from vlmlab.data.loaders import StepBatches, indexed_collate, to_float
-from vlmlab.lm import load_language_model
+from vlmlab.data.loaders import StepBatches, indexed_collate
 from vlmlab.strategies import llava
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
-
-
-@torch.no_grad()
-def features_of(tower, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tower(to_float(chunk)) for chunk in images.split(1000)])
 
 
 def caption_chat(scene) -> list[dict]:
@@ -60,11 +53,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     tok = load_tokenizer()
-    kind, name = args.tower.split(":")
-    tower = unimodal.vision_tower({"tower": kind, "name": name})
-    lm = load_language_model("tiny-lm")
-    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.scenes, "train")
-    feats = features_of(tower, evalsets.images_of(scenes))  # [N, 16, Dv]
+    tower, lm, scenes, feats = frozen_parts(args.tower, args.scenes, args.seed)  # feats [N, 16, Dv]
+    kind = args.tower.split(":")[0]
     config = llava.Config(projector="mlp", visual_dim=feats.size(-1), n_visual=feats.size(1),
                           image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), lm=lm.ref, vision=tower.spec)
     torch.manual_seed(args.seed)
