@@ -5,6 +5,8 @@
     parameter_table({"part": module})   parameters and trainable parameters per part, with their total
     FrozenParts                         a model built on frozen parts (a vision tower, a language model): they
                                         stay in eval mode, and its checkpoint holds only what it trains
+    TowerAndLM                          FrozenParts whose parts are `vision` and `lm`: a captioner's image_features
+                                        and embed come from them
 
 A frozen part that came from the checkpoint zoo carries `ref` = {"name", "sha256"} of that file; a model's config
 keeps the refs of its frozen parts, so reloading it finds exactly those files again (`vlmlab.zoo.load_model`).
@@ -19,6 +21,8 @@ import warnings
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from .params import require
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -73,6 +77,18 @@ class FrozenParts(nn.Module):
             raise ValueError(f"{type(self).__name__}: the checkpoint's tensors differ from what this model saves: "
                              f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
         self.load_state_dict(state, strict=False)
+
+
+class TowerAndLM(FrozenParts):
+    """A FrozenParts captioner made of a vision tower `vision` (None when image features come precomputed) and a
+    language model `lm`: notebook 04's prefix captioner, 05's Flamingo, 09's LLaVA."""
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.embed(input_ids)  # [B, T, D]
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
+        return self.vision(pixels)  # [B, N, Dv]
 
 
 def refuse_optimizer_steps():

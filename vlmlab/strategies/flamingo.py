@@ -31,7 +31,7 @@ from ..data.evalsets import SceneBench
 from ..data.language import END_OF_CHUNK, IMAGE_TOKEN, sample_vqa, shot
 from ..data.loaders import TextBatch, length_buckets
 from ..data.shapes import Scene
-from ..frozen import FrozenParts
+from ..frozen import TowerAndLM
 from ..harness import suite
 from ..lm import LanguageModel, load_language_model
 from ..nn import MLP, LMOutput
@@ -182,7 +182,7 @@ class Config(SavedConfig):
         require(self.style in STYLES, "style", self.style, f"one of {STYLES}")
 
 
-class Flamingo(FrozenParts):
+class Flamingo(TowerAndLM):
     """A frozen LM with a gated cross-attention layer in front of every `xattn_every`-th block, reading the visual
     tokens a trained Perceiver Resampler makes of a frozen vision tower's grid features. Only the resampler and the
     gated layers train. Introduced in notebook 05.
@@ -221,13 +221,6 @@ class Flamingo(FrozenParts):
     def gate_values(self) -> torch.Tensor:
         """[layers, 2]: each gated layer's multipliers of its cross-attention and its feed-forward."""
         return torch.stack([layer.gates() for layer in self.gated]).detach()
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.embed(input_ids)
-
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
-        return self.vision(pixels)  # [B, N, Dv]
 
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """image_features [B, N, Dv] or [B, M, N, Dv] -> {"media": [B, M, R, Dv]} (R = N without a resampler)."""

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..data.evalsets import SceneBench
 from ..data.loaders import TextBatch, encode_texts
-from ..frozen import FrozenParts
+from ..frozen import TowerAndLM
 from ..harness import suite
 from ..lm import LanguageModel, default_positions, load_language_model, splice_visual
 from ..nn import Block, LMOutput
@@ -199,7 +199,7 @@ def caption_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1 - k).clamp(min=0)
 
 
-class PrefixCaptioner(FrozenParts):
+class PrefixCaptioner(TowerAndLM):
     """A language model, a trained mapper and a vision tower, any of them frozen (by default the LM and the vision
     tower; `config.train_vision` trains the tower, Frozen's choice). Introduced in notebook 04.
 
@@ -229,13 +229,6 @@ class PrefixCaptioner(FrozenParts):
     def max_text_len(self) -> int:
         """Text positions: all the LM's after a deep prefix, which holds none; after an input prefix, the rest."""
         return self.lm.max_len - (0 if self.mapper.deep else self.config.k)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.embed(input_ids)  # [B, T, D]
-
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
-        return self.vision(pixels)
 
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"prefix": self.mapper(image_features)}  # [B, k, D] or [B, L, 2, k, D]

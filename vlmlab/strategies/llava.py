@@ -28,7 +28,7 @@ from ..data.loaders import IGNORE_INDEX, TextBatch
 from ..data.shapes import COLORS, SHAPES, Scene
 from ..data.world_text import END_OF_TURN, chat_text
 from ..evaluate import normalize_answer
-from ..frozen import FrozenParts
+from ..frozen import TowerAndLM
 from ..generation import generate, generate_text, prompt_ids
 from ..harness import image_features, suite
 from ..lm import LanguageModel, load_language_model, splice_visual
@@ -69,7 +69,7 @@ def build_projector(kind: str, visual_dim: int, lm_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(visual_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
 
 
-class Llava(FrozenParts):
+class Llava(TowerAndLM):
     """A vision tower (frozen), a projector (trained) and a language model (frozen in stage 1, trained in stage 2).
     A Captioner: `condition(features)` projects the image into visual tokens; the first forward call splices them in
     at each row's one `<image>` token; later calls (decoding with a cache) read only the new text."""
@@ -95,13 +95,6 @@ class Llava(FrozenParts):
     def max_text_len(self) -> int:
         """Text tokens that fit: the LM's positions, less the N - 1 the visual tokens add at the `<image>` slot."""
         return self.lm.max_len - (self.config.n_visual - 1)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.embed(input_ids)
-
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        require(self.vision is not None, "vision", None, "a vision tower (config.vision), or pass image_features")
-        return self.vision(pixels)  # [B, N, Dv]
 
     def condition(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"visual": self.projector(image_features)}  # [B, N, D]
