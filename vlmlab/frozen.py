@@ -83,6 +83,15 @@ class TowerAndLM(FrozenParts):
     """A FrozenParts captioner made of a vision tower `vision` (None when image features come precomputed) and a
     language model `lm`: notebook 04's prefix captioner, 05's Flamingo, 09's LLaVA."""
 
+    def hold(self, frozen: tuple[str, ...]) -> None:
+        """Make `frozen` (a subset of "lm", "vision") this model's FROZEN parts: no gradient, eval mode; the other of
+        the two, when present, trains (Frozen's tower in notebook 04, LLaVA's LM in stage 2)."""
+        self.FROZEN = frozen
+        for name in ("lm", "vision"):
+            part = getattr(self, name)
+            if part is not None:
+                part.requires_grad_(name not in frozen).train(name not in frozen)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.embed(input_ids)  # [B, T, D]
 

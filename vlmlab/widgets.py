@@ -22,6 +22,11 @@ from .evaluate import attribute_f1
 from .harness import embed_images, embed_texts, zero_shot_classifier
 
 
+def truth_html(scene: Scene) -> str:
+    """HTML: the scene's objects, as the apps show the truth beside a model's output."""
+    return f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}"
+
+
 def describe_scene(scene: Scene) -> str:
     """Every annotation of `scene` as an HTML fragment (what the explorer shows beside the image)."""
 
@@ -124,7 +129,7 @@ def zero_shot_playground(model, tokenizer, seed: int = 0) -> W.Widget:
         rows = "".join(
             f"<tr><td>{html.escape(label)}</td><td><div style='background:#4c72b0;height:12px;width:{240 * p:.0f}px'>"
             f"</div></td><td>{p:.3f}</td></tr>" for label, p in sorted(probs.items(), key=lambda kv: -kv[1]))
-        bars.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br>"
+        bars.value = (f"{truth_html(scene)}<br>"
                       f"<b>prompts</b>: {html.escape(' | '.join(templates))}<table>{rows}</table>")
 
     for w in controls.values():
@@ -177,7 +182,7 @@ def caption_table(scene: Scene, captioned: list[tuple[str, float]]) -> str:
     caption against the scene graph."""
     rows = "".join(f"<tr><td>{html.escape(text)}</td><td>{logp:.2f}</td><td>{attribute_f1([text], [scene])['f1']:.2f}</td></tr>"
                    for text, logp in captioned)
-    return (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}"
+    return (f"{truth_html(scene)}"
             f"<table><tr><th>caption</th><th>log p</th><th>attribute F1</th></tr>{rows}</table>")
 
 
@@ -356,7 +361,7 @@ def beta_slider(caption_fn: Callable[[Scene, float], str], seed: int = 0, beta: 
         scene = _picked_scene(controls, seed)
         image.value = _png(render_array(scene, 64), 192)
         said = caption_fn(scene, controls["beta"].value)
-        shown.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br><b>caption</b>: "
+        shown.value = (f"{truth_html(scene)}<br><b>caption</b>: "
                        f"{html.escape(said)}<br>attribute F1 {attribute_f1([said], [scene])['f1']:.2f}")
 
     for w in controls.values():
@@ -387,7 +392,7 @@ def query_explorer(explain_fn: Callable[[Scene, int], tuple[np.ndarray, list[tup
         scene = _picked_scene(controls, seed)
         weights, tokens = explain_fn(scene, controls["query"].value)
         image.value = attention_overlay(render_array(scene, 64), weights)
-        shown.value = (f"<b>truth</b>: {html.escape('; '.join(o.phrase for o in scene.objects))}<br>"
+        shown.value = (f"{truth_html(scene)}<br>"
                        f"<b>caption</b>, darker = the query helps more:{token_shading(tokens)}")
 
     for w in controls.values():

@@ -191,7 +191,6 @@ class Flamingo(TowerAndLM):
     (M images per row, in the order of the text's <image> tokens) into `media` [B, M, R, Dv], which every forward
     call takes; the first call (no cache) must have the input_ids, where the <image> tokens are."""
 
-    FROZEN = ("lm", "vision")
     prompt_format = PROMPT_FORMAT
     stop_tokens = (END_OF_CHUNK,)  # a chunk's text ends there (or at <eos>)
 
@@ -205,9 +204,7 @@ class Flamingo(TowerAndLM):
         self.gated = nn.ModuleList(GatedCrossAttentionDense(self.lm.dim, c.visual_dim, c.n_heads, c.ff_mult, c.style, c.gate)
                                    for _ in self.where)
         self.vision = vision if vision is not None or c.vision is None else vision_tower(c.vision)
-        for part in (self.lm, self.vision):
-            if part is not None:
-                part.requires_grad_(False).eval()
+        self.hold(("lm", "vision"))
 
     @classmethod
     def from_config(cls, config: dict) -> Flamingo:

@@ -211,14 +211,11 @@ class PrefixCaptioner(TowerAndLM):
                  mapper: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.FROZEN = tuple(name for name, frozen in (("lm", config.freeze_lm), ("vision", not config.train_vision)) if frozen)
         self.lm = lm if lm is not None else load_language_model(config.lm)
         require(mapper is not None or config.mapper is not None, "mapper", None, "a mapper, when config.mapper is None")
         self.mapper = mapper if mapper is not None else build_mapper(config, self.lm)  # drawn before any tower loads
         self.vision = vision if vision is not None or config.vision is None else vision_tower(config.vision)
-        for name in ("lm", "vision"):  # what the config freezes is frozen (no gradients, eval mode), the rest trains
-            if getattr(self, name) is not None:
-                getattr(self, name).requires_grad_(name not in self.FROZEN).train(name not in self.FROZEN)
+        self.hold(tuple(name for name, frozen in (("lm", config.freeze_lm), ("vision", not config.train_vision)) if frozen))
 
     @classmethod
     def from_config(cls, config: dict) -> PrefixCaptioner:

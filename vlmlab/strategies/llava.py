@@ -79,13 +79,10 @@ class Llava(TowerAndLM):
     def __init__(self, config: Config, lm: LanguageModel | None = None, vision: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.FROZEN = ("vision",) if config.train_lm else ("vision", "lm")
         self.lm = lm if lm is not None else load_language_model(config.lm)
         self.projector = build_projector(config.projector, config.visual_dim, self.lm.dim)
         self.vision = vision if vision is not None or config.vision is None else vision_tower(config.vision)
-        for name in ("lm", "vision"):  # the frozen parts get no gradient and stay in eval mode; a training LM trains
-            if getattr(self, name) is not None:
-                getattr(self, name).requires_grad_(name not in self.FROZEN).train(name not in self.FROZEN)
+        self.hold(("vision",) if config.train_lm else ("vision", "lm"))
 
     @classmethod
     def from_config(cls, config: dict) -> Llava:
