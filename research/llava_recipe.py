@@ -3,9 +3,11 @@
 Stage 1 (feature alignment): the projector alone on captions asked as one-turn chats. Stage 2 (visual instruction
 tuning): projector and LM on the world's instruction data (conversations, detailed descriptions, complex reasoning)
 plus one-turn questions, or on captions only (LLaVA's data ablation, `--data captions`); `--stage1-steps 0` skips the
-alignment stage. Measures VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
+alignment stage; `--lora-rank 8` trains LoRA adapters of that rank in stage 2 instead of all the LM's weights.
+Measures VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
 
     python research/llava_recipe.py --stage1-steps 200 --stage2-steps 600 [--data captions] [--tower vit:tiny-vit-detector]
+    python research/llava_recipe.py --stage1-steps 150 --stage2-steps 300 --batch 32 --lora-rank 8
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--lr1", type=float, default=3e-3)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--data", choices=("instructions", "captions"), default="instructions")
+    ap.add_argument("--lora-rank", type=int, default=0, help="stage 2: LoRA adapters of this rank (0: the whole LM)")
     ap.add_argument("--scenes", type=int, default=20_000)
     ap.add_argument("--tower", default="clip-penultimate:clip-shapes", help="kind:name of a vision tower")
     ap.add_argument("--eval", type=int, default=300)
@@ -67,7 +70,7 @@ def main() -> None:
         fit(model, llava.batch_loss, batches, steps=args.stage1_steps, lr=args.lr1, seed=args.seed, progress=False)
     stage1_seconds = time.perf_counter() - start
 
-    model = llava.instruction_tuning(model)  # stage 2: the LM trains too
+    model = llava.instruction_tuning(model, lora_rank=args.lora_rank)  # stage 2: the LM trains too
     if args.data == "instructions":
         chats = [turns for s in scenes for turns in language.instructions(s).values()] + [question_chat(s) for s in scenes]
         rows = [i for i in range(n) for _ in range(3)] + list(range(n))
@@ -80,7 +83,8 @@ def main() -> None:
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = llava.measure(model.eval(), tok, bench)
     keep = ("vqa_acc", "reasoning_acc", "description_f1", "pope_acc", "pope_yes_to_absent", "caption_f1")
-    run = f"{kind}-{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}-seed{args.seed}"
+    lora = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
+    run = f"{kind}-{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}-seed{args.seed}"
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
                                                                k.startswith(("vqa_", "reasoning_"))},
                                 "seconds": [round(stage1_seconds, 1), round(stage2_seconds, 1)]})

