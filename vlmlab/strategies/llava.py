@@ -280,9 +280,10 @@ def caption_instructions(captions: list[str], seed: int = 0) -> list[list[Turn]]
 
 @torch.no_grad()
 def caption_match_accuracy(model: Llava, tokenizer, image_features: torch.Tensor, captions: list[str],
-                           seed: int = 0) -> dict[str, float]:
+                           seed: int = 0, batch_size: int = 32) -> dict[str, float]:
     """Held-out images asked whether their own caption fits (-> yes) and whether another image's does (-> no), a
-    different caption, half and half: accuracy (always "yes" scores 0.5) and the share of "yes" to a wrong caption."""
+    different caption, half and half: accuracy (always "yes" scores 0.5) and the share of "yes" to a wrong caption.
+    `batch_size` questions at a time (a big vocabulary's logits over whole prompts are the memory peak)."""
     rng = random.Random(f"match-test:{seed}")
     asked = []
     for i, own in enumerate(captions):
@@ -290,7 +291,7 @@ def caption_match_accuracy(model: Llava, tokenizer, image_features: torch.Tensor
         asked += [(i, own, True), (i, captions[rng.choice(wrong)], False)]
     said = generate_text(model, tokenizer, image_features[[i for i, _, _ in asked]],
                          [model.chat.prompt([], f"{IMAGE_TOKEN}\n{match_question(c)}") for _, c, _ in asked],
-                         bos=model.chat.bos, max_new_tokens=3)
+                         bos=model.chat.bos, max_new_tokens=3, batch_size=batch_size)
     yes = [normalize_answer(s).startswith("yes") for s in said]
     right = [y == fits for y, (_, _, fits) in zip(yes, asked)]
     return {"match_acc": sum(right) / len(right),
