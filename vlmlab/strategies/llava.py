@@ -79,7 +79,6 @@ CHAT_FORMATS = {
                           "Hugging Face<|im_end|>\n", user="<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
                           assistant="{}<|im_end|>", between="\n"),
 }
-LORA_TARGETS = "the linear layers of the LM's blocks"
 
 
 @dataclass
