@@ -380,3 +380,18 @@ def test_clip_image_tower_is_a_backbone_once_notebook_02_saved_its_clip(tok):
         reference = model.image_tower(to_float(pixels))
     torch.testing.assert_close(vector, reference.cls)
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), reference.patches)
+
+
+def test_a_real_track_runs_only_when_wanted_and_everything_is_there(monkeypatch, capsys):
+    from vlmlab.data import real
+
+    assert not backbones.real_track_ready(False, ("efficientnet-lite0",), off="off on this profile")
+    assert capsys.readouterr().out.strip() == "off on this profile"
+    monkeypatch.setattr(backbones, "available", lambda: {"efficientnet-lite0": "ok", "smollm2-135m": "pip install it"})
+    assert not backbones.real_track_ready(True, ("efficientnet-lite0", "smollm2-135m"))
+    assert "smollm2-135m" in capsys.readouterr().out
+    monkeypatch.setattr(real, "tuxpaint_root", lambda: None)
+    assert not backbones.real_track_ready(True, ("efficientnet-lite0",))
+    assert real.INSTALL_HINTS["tuxpaint_stamps"] in capsys.readouterr().out
+    monkeypatch.setattr(real, "tuxpaint_root", lambda: "/usr/share/tuxpaint/stamps")
+    assert backbones.real_track_ready(True, ("efficientnet-lite0",)) and capsys.readouterr().out == ""

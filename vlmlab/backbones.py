@@ -323,6 +323,27 @@ def load_language_model(name: str, trainable: bool = False, device: str | torch.
     return _load(name, "lm", trainable, device)
 
 
+def real_track_ready(wanted: bool, needs: tuple[str, ...], off: str | None = None) -> bool:
+    """Whether a notebook's real track runs: it is `wanted` (the REAL_TRACK parameter), every backbone in `needs` is
+    installed, and the Tux Paint stamps are there. When it does not, prints why (`off` when it was not wanted) and
+    what to install. Notebooks 04, 05, 07, 08, 09."""
+    if not wanted:
+        if off:
+            print(off)
+        return False
+    status = available()
+    missing = {name: status[name] for name in needs if status[name] != "ok"}
+    if missing:
+        print("real track skipped:", missing)
+        return False
+    from .data import real
+
+    if not real.tuxpaint_root():
+        print("real track skipped: Tux Paint stamps are not installed;", real.INSTALL_HINTS["tuxpaint_stamps"])
+        return False
+    return True
+
+
 def available() -> dict[str, str]:
     """Each named backbone -> "ok", or what to do to get it (the install command; for tiny-*: run notebook 01).
 
