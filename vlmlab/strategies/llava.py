@@ -245,6 +245,14 @@ def reply(model: Llava, tokenizer, image_features: torch.Tensor, history: list[T
     return tokenizer.decode(said, skip_special_tokens=True).strip()
 
 
+def yes_no_scores(said: list[str], truths: list[bool]) -> tuple[float, float]:
+    """(accuracy, share of "yes" where the truth is no) of answers read by their first word: POPE's accuracy and its
+    hallucination rate; the real track's caption matching."""
+    yes = [normalize_answer(s).startswith("yes") for s in said]
+    negatives = [y for y, truth in zip(yes, truths, strict=True) if not truth]
+    return sum(y == truth for y, truth in zip(yes, truths)) / len(truths), sum(negatives) / max(len(negatives), 1)
+
+
 # ---------------------------------------------------------------- instruction data from captions (the real track)
 
 BRIEF = ("Describe the image concisely.", "What is this?", "Give a short caption for this picture.",
@@ -291,10 +299,8 @@ def caption_match_accuracy(model: Llava, tokenizer, image_features: torch.Tensor
     said = generate_text(model, tokenizer, image_features[[i for i, _, _ in asked]],
                          [model.chat.prompt([], f"{IMAGE_TOKEN}\n{match_question(c)}") for _, c, _ in asked],
                          bos=model.chat.bos, max_new_tokens=3, batch_size=batch_size)
-    yes = [normalize_answer(s).startswith("yes") for s in said]
-    right = [y == fits for y, (_, _, fits) in zip(yes, asked)]
-    return {"match_acc": sum(right) / len(right),
-            "match_yes_to_wrong": sum(y for y, (_, _, fits) in zip(yes, asked) if not fits) / len(captions)}
+    accuracy, yes_to_no = yes_no_scores(said, [fits for _, _, fits in asked])
+    return {"match_acc": accuracy, "match_yes_to_wrong": yes_to_no}
 
 
 # ---------------------------------------------------------------- POPE: does it see what is not there?
@@ -329,10 +335,8 @@ def pope_accuracy(model: Llava, tokenizer, images: torch.Tensor, probes: list[Pr
     said = generate_text(model, tokenizer, features[[p.scene_index for p in probes]],
                          [model.prompt_format["vqa"].format(p.question) for p in probes], bos=model.chat.bos,
                          max_new_tokens=4)
-    yes = [normalize_answer(s).startswith("yes") for s in said]
-    right = [y == (p.answer == "yes") for y, p in zip(yes, probes)]
-    absent = [y for y, p in zip(yes, probes) if p.answer == "no"]
-    return {"pope_acc": sum(right) / len(right), "pope_yes_to_absent": sum(absent) / max(len(absent), 1)}
+    accuracy, yes_to_no = yes_no_scores(said, [p.answer == "yes" for p in probes])
+    return {"pope_acc": accuracy, "pope_yes_to_absent": yes_to_no}
 
 
 # ---------------------------------------------------------------- reasoning and detailed descriptions
