@@ -20,7 +20,7 @@ from vlmlab.attention import (
     prefix_mask,
 )
 from vlmlab.mlm import MLMHead, mask_tokens
-from vlmlab.nn import MLP, Block, CausalLM, PatchEmbed, TextConfig, TextTransformer, ViT, ViTConfig, next_token_loss
+from vlmlab.nn import MLP, Block, CausalLM, PatchEmbed, TextConfig, TextTransformer, ViT, ViTConfig, next_token_loss, resized_vit
 
 V = 40  # the vocabulary of conftest's tiny_lm
 
@@ -185,6 +185,26 @@ def test_patch_embed_raster_order():
     tokens = embed(image)[0]  # [16, 4]
     differs = ~torch.isclose(tokens, embed.proj.bias).all(dim=-1)
     assert differs.nonzero().flatten().tolist() == [6]
+
+
+def test_resized_vit_reads_another_size_with_the_same_weights():
+    """Same size: the same function. 48 px from 64 px: a 3 x 3 grid whose corner positions are the 4 x 4 grid's
+    bicubic resample, every other weight shared by value, and the original left untouched."""
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=32, depth=2, n_heads=4)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    assert_close(resized_vit(vit, 64)(images).hidden, vit(images).hidden)
+    small = resized_vit(vit, 48)
+    assert small.grid == (3, 3) and small.config.image_size == 48 and vit.config.image_size == 64
+    assert small(torch.randn(2, 3, 48, 48)).patches.shape == (2, 9, 32)
+    assert_close(small.pos_embed[:, 0], vit.pos_embed[:, 0])
+    expected = F.interpolate(vit.pos_embed[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2).detach(), size=(3, 3),
+                             mode="bicubic", align_corners=False)
+    assert_close(small.pos_embed[0, 1:].T.reshape(32, 3, 3), expected[0])
+    shared = {k: v for k, v in small.state_dict().items() if k != "pos_embed"}
+    assert all(torch.equal(v, vit.state_dict()[k]) for k, v in shared.items())
+    with pytest.raises(ValueError, match="image_size"):
+        resized_vit(vit, 50)
 
 
 # ---------------------------------------------------------------------------------- text models

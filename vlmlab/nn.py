@@ -12,6 +12,7 @@ N image patches, V vocabulary. Masks are bool tensors where True means "may atte
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import torch
@@ -167,6 +168,23 @@ class ViT(nn.Module):
             x = block(x)
         x = self.norm(x)
         return ViTOutput(cls=x[:, 0], patches=x[:, 1:], hidden=x)
+
+
+def resized_vit(vit: ViT, image_size: int) -> ViT:
+    """A copy of `vit` that reads `image_size` px images: the same weights, the grid of position embeddings resized
+    bicubically to the new patch grid (how a ViT moves to another resolution, Dosovitskiy et al. 2021, section
+    3.2). The CLS position is kept as it is. Introduced in notebook 02 (where the patches fall)."""
+    c = replace(vit.config, image_size=image_size)
+    out = copy.deepcopy(vit)
+    out.config = c
+    out.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim).to(vit.pos_embed.device)
+    out.patch_embed.proj.load_state_dict(vit.patch_embed.proj.state_dict())
+    (h, w), (new_h, new_w) = vit.grid, out.grid
+    grid = vit.pos_embed.detach()[:, 1:].reshape(1, h, w, -1).permute(0, 3, 1, 2)  # [1, D, h, w]
+    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False)  # [1, D, new_h, new_w]
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)  # [1, N', D]
+    out.pos_embed = nn.Parameter(torch.cat([vit.pos_embed.detach()[:, :1], grid], dim=1))  # [1, 1 + N', D]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
