@@ -5,6 +5,7 @@ label anywhere), measured with `clip.measure` on 1,000 held-out scenes per set.
     python research/clip_from_pixels.py --init tiny-vit-mae      # image tower from notebook 01's MAE ViT
     python research/clip_from_pixels.py --stem conv              # a normalised convolutional stem instead of patches
     python research/clip_from_pixels.py --single                 # diagnostic: one-object scenes captioned "a <shape>"
+    python research/clip_from_pixels.py --image-size 48          # 16 px patches on the world's 3x3 cells, one cell each
 
 Each run writes its numbers to research/results/clip_from_pixels/<name>.json.
 """
@@ -47,9 +48,10 @@ class ConvStem(nn.Module):
 def pairs(args, tok):
     if args.single:  # shape is all there is to learn
         scenes = evalsets.single_objects(args.seed, args.n_train, "train")
-        images, texts = evalsets.images_of(scenes), [article(s.objects[0].shape) for s in scenes]
+        images, texts = evalsets.images_of(scenes, args.image_size), [article(s.objects[0].shape) for s in scenes]
     else:
-        train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
+        world = shapes.ShapesWorld(seed=args.seed, image_size=args.image_size)
+        train = ShapesDataset(world, "train", args.n_train, paraphrase=True)
         images, texts = train.images, [train.text(i) for i in range(len(train))]
     return images, encode_texts(tok, texts, max_length=40)
 
@@ -59,6 +61,7 @@ def main():
     p.add_argument("--init", default="random", help="random | a zoo name (tiny-vit-mae)")
     p.add_argument("--stem", default="patch", choices=("patch", "conv"))
     p.add_argument("--single", action="store_true")
+    p.add_argument("--image-size", dest="image_size", type=int, default=64)
     p.add_argument("--pool", default="cls", choices=clip.IMAGE_POOLS)
     p.add_argument("--loss", default="softmax", choices=clip.LOSSES)
     p.add_argument("--steps", type=int, default=600)
@@ -71,7 +74,7 @@ def main():
 
     tok = load_tokenizer()
     images, text = pairs(args, tok)
-    vision = vnn.ViTConfig(image_size=64, patch_size=16, dim=96, depth=4, n_heads=4)
+    vision = vnn.ViTConfig(image_size=args.image_size, patch_size=16, dim=96, depth=4, n_heads=4)
     textc = vnn.TextConfig(vocab_size=len(tok), max_len=40, dim=96, depth=3, n_heads=4, causal=True,
                            pad_token_id=tok.pad_token_id)
     sigmoid = {"init_temperature": 0.1, "init_bias": -10.0} if args.loss == "sigmoid" else {}
@@ -87,15 +90,16 @@ def main():
     fit(model, clip.batch_loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
 
-    bench = evalsets.DualEncoderBench.build(args.seed, 1000)
+    bench = evalsets.DualEncoderBench.build(args.seed, 1000, args.image_size)
     measured = clip.measure(model.eval(), tok, bench)
-    single = harness.embed_images(model, evalsets.images_of(bench.single))
+    single = harness.embed_images(model, evalsets.images_of(bench.single, args.image_size))
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
               **{k: measured[k] for k in ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc",
                                           "attribute_swap_acc", "heldout_combo_acc")},
               "zs_shape_acc_generic": harness.zero_shot_attribute(model, tok, single, bench.single, "shape",
                                                                   GENERIC_SHAPE_PROMPTS)}
-    name = args.name or f"{args.init}_{args.stem}{'_single' if args.single else ''}_{args.pool}_{args.loss}_{args.steps}"
+    size, single = "" if args.image_size == 64 else args.image_size, "_single" if args.single else ""
+    name = args.name or f"{args.init}_{args.stem}{size}{single}_{args.pool}_{args.loss}_{args.steps}"
     save_result(__file__, name, result)
 
 

@@ -36,3 +36,13 @@ def save_result(script: str, run: str, result: dict) -> Path:
     write_json_atomic(out, result)
     print(json.dumps(result))
     return out
+
+
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] -> [N, 3, size, size] uint8, bicubic with antialiasing (a backbone's preprocessing,
+    `vlmlab.encoders.preprocess_images`, resizes the same way); images already that size are returned as they are."""
+    if images.shape[-1] == size:
+        return images
+    chunks = [torch.nn.functional.interpolate(c.float() / 255, size=(size, size), mode="bicubic", align_corners=False,
+                                              antialias=True).clamp(0, 1) for c in images.split(2048)]
+    return torch.cat([(c * 255).round().to(torch.uint8) for c in chunks])

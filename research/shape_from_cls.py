@@ -4,6 +4,7 @@ If shape is slow even with labels, a contrastive signal that mentions shape amon
 be expected to find it in a few hundred steps.
 
     python research/shape_from_cls.py --steps 300
+    python research/shape_from_cls.py --steps 300 --image-size 48   # the 64 px scenes resized: one 16 px patch per cell
 """
 
 import argparse
@@ -11,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 from clip_from_pixels import ConvStem
-from common import save_result
+from common import resized, save_result
 
 from vlmlab import nn as vnn
 from vlmlab.data import evalsets
@@ -32,12 +33,14 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stem", default="patch", choices=("patch", "conv"))
     p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--image-size", dest="image_size", type=int, default=64, help="the world's 64 px scenes resized to this")
     args = p.parse_args()
 
     scenes = evalsets.single_objects(args.seed, 8000, "train")
-    images, labels = evalsets.images_of(scenes), shapes_of(scenes)
+    images, labels = resized(evalsets.images_of(scenes), args.image_size), shapes_of(scenes)
     torch.manual_seed(args.seed)
-    model = torch.nn.ModuleDict({"vit": vnn.ViT(vnn.ViTConfig(image_size=64, patch_size=args.patch, dim=96, depth=4, n_heads=4)),
+    vit_config = vnn.ViTConfig(image_size=args.image_size, patch_size=args.patch, dim=96, depth=4, n_heads=4)
+    model = torch.nn.ModuleDict({"vit": vnn.ViT(vit_config),
                                  "head": torch.nn.Linear(96, len(SHAPES))})
 
     if args.stem == "conv":
@@ -51,11 +54,14 @@ def main():
 
     history = fit(model, loss, batch, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
     test = evalsets.single_objects(args.seed, 500, "test")
+    test_images = to_float(resized(evalsets.images_of(test), args.image_size))
     with torch.no_grad():
-        predicted = model["head"](model["vit"].eval()(to_float(evalsets.images_of(test))).cls).argmax(-1)
+        predicted = model["head"](model["vit"].eval()(test_images).cls).argmax(-1)
     result = {"args": vars(args), "first_loss": history.loss[0], "last_loss": history.loss[-1],
               "shape_acc": (predicted == shapes_of(test)).float().mean().item(), "chance": 1 / len(SHAPES)}
-    save_result(__file__, f"{args.stem}{args.patch}_steps{args.steps}", result)
+    size = "" if args.image_size == 64 else f"_size{args.image_size}"
+    seed = f"_seed{args.seed}" if args.seed else ""
+    save_result(__file__, f"{args.stem}{args.patch}_steps{args.steps}{size}{seed}", result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""Side runs for notebook 02's open problem, shape from pixels: does CLIP's image tower read shape once its 16 px
+patches fall on the world's cells? Shapes World draws its objects in a 3 x 3 grid of cells; at 64 px a cell is
+21.3 px, so a 16 px patch grid (4 x 4) cuts most objects in two or four. Resized to 48 px, each cell is one
+patch. The run continues notebook 02's shipped CLIP (`clip-shapes`, both towers learned from pixels, no label)
+for the same number of steps at 64 px (the control) and at 48 px (position embeddings interpolated from 4 x 4 to
+3 x 3), then measures it with `clip.measure` and with linear probes of shape and colour on its frozen image
+embedding and CLS vector (3,000 labelled one-object training scenes, 1,000 test scenes: how much shape the image
+side holds, whatever the text side makes of it).
+
+    python research/clip_patch_alignment.py --image-size 64      # the control: 600 more steps as notebook 02 trains
+    python research/clip_patch_alignment.py --image-size 48      # the same steps, one patch per cell
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --negclip-steps 80
+        # notebook 02's main run and its NegCLIP fine-tune, at 48 px
+    python research/clip_patch_alignment.py --negclip            # NegCLIP's hard negative captions in every batch
+    python research/clip_patch_alignment.py --neighbours 8
+        # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
+        # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
+
+Each run writes research/results/clip_patch_alignment/<name>.json.
+"""
+
+import argparse
+import time
+from itertools import islice
+
+import numpy as np
+import torch
+from common import resized, save_result
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from vlmlab import harness, unimodal, zoo
+from vlmlab import nn as vnn
+from vlmlab.data import evalsets, language, shapes
+from vlmlab.data.loaders import ShapesDataset, StepBatches, encode_texts, indexed_collate, negatives_collate, to_float
+from vlmlab.strategies import clip
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+
+def started_clip(start: str, size: int, seed: int) -> clip.CLIP:
+    """A CLIP reading `size` px images (`vlmlab.nn.resized_vit`): notebook 02's shipped one continued
+    (`clip-shapes`), or a fresh one whose image tower starts from notebook 01's label-free MAE ViT (`tiny-vit-mae`),
+    as notebook 02's main run does."""
+    shipped = zoo.load_model("clip-shapes")[0]
+    if start == "clip-shapes":
+        shipped.image_tower = vnn.resized_vit(shipped.image_tower, size)
+        shipped.config.vision = shipped.image_tower.config
+        return shipped
+    shipped.config.vision.image_size = size
+    torch.manual_seed(seed)
+    model = clip.CLIP(shipped.config)
+    model.image_tower.load_state_dict(vnn.resized_vit(unimodal.build_tiny("tiny-vit-mae"), size).state_dict())
+    return model
+
+
+def neighbour_batches(train, collate, batch: int, group: int, seed: int, pool: int = 4096):
+    """Batches of `batch // group` random anchors, each with its `group - 1` nearest captions in a random pool."""
+    words = TfidfVectorizer().fit_transform([language.caption(s) for s in train.scenes])
+
+    def batches(step: int):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 100_003 + step)).numpy()
+        anchors, rest = order[: batch // group], order[batch // group: pool]
+        closest = np.argsort(-(words[anchors] @ words[rest].T).toarray(), axis=1)  # [anchors, pool - anchors]
+        chosen = [int(i) for i in anchors]
+        taken = set(chosen)
+        for row in closest:
+            picked = list(islice((int(rest[j]) for j in row if int(rest[j]) not in taken), group - 1))
+            chosen += picked
+            taken.update(picked)
+        return collate(chosen[:batch])
+
+    return batches
+
+
+@torch.no_grad()
+def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
+    """Linear probes (logistic regression) of shape and colour on the frozen image embedding and CLS vector."""
+    train, test = evalsets.single_objects(seed, 3000, "train"), evalsets.single_objects(seed, 1000, "test")
+    reads = {"embed": lambda x: harness.embed_images(model, x),
+             "cls": lambda x: torch.cat([model.image_tower(to_float(c)).cls for c in x.split(500)])}
+    out = {}
+    for name, read in reads.items():
+        x_train, x_test = (read(resized(evalsets.images_of(s), size)).numpy() for s in (train, test))
+        for attr in ("shape", "color"):
+            y_train, y_test = ([getattr(s.objects[0], attr) for s in scenes] for scenes in (train, test))
+            out[f"probe_{attr}_{name}"] = LogisticRegression(max_iter=2000).fit(x_train, y_train).score(x_test, y_test)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", dest="image_size", type=int, default=48)
+    p.add_argument("--start", default="clip-shapes", choices=("clip-shapes", "tiny-vit-mae"))
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--neighbours", type=int, default=0, help="group size of caption-neighbour batches (0: random)")
+    p.add_argument("--negclip", action="store_true", help="canonical captions, each with one hard negative (notebook 02)")
+    p.add_argument("--negclip-steps", dest="negclip_steps", type=int, default=0,
+                   help="then NegCLIP's fine-tune for this many steps at 5e-4, as notebook 02 does (80)")
+    p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    tok = load_tokenizer()
+    train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
+    images = resized(train.images, args.image_size)
+    collate = indexed_collate(images, encode_texts(tok, [train.text(i) for i in range(len(train))], max_length=40))
+    items = [{"index": i, "image": images[i], "text": language.caption(s),
+              "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
+    negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
+    loss = clip.negclip_batch_loss if args.negclip else clip.batch_loss
+    if args.negclip:
+        batches = negclip_batches(args.seed)
+    elif args.neighbours:
+        batches = neighbour_batches(train, collate, args.batch, args.neighbours, args.seed)
+    else:
+        batches = lambda step: collate(torch.randperm(len(images), generator=torch.Generator().manual_seed(
+            args.seed * 100_003 + step))[: args.batch].tolist())
+    model = started_clip(args.start, args.image_size, args.seed)
+    bench = evalsets.DualEncoderBench.build(args.seed, 1000)
+    bench.images.update({k: resized(v, args.image_size) for k, v in bench.images.items()})
+    before = probes(model.eval(), args.image_size, args.seed)
+
+    start = time.perf_counter()
+    fit(model, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
+    train_s = time.perf_counter() - start
+    measured = clip.measure(model.eval(), tok, bench)
+    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc",
+            "heldout_combo_acc")
+    result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
+              **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before}
+    if args.negclip_steps:
+        fit(model, clip.negclip_batch_loss, negclip_batches(args.seed + 1), steps=args.negclip_steps, lr=5e-4,
+            weight_decay=0.1, seed=args.seed, progress=False)
+        after = clip.measure(model.eval(), tok, bench)
+        result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
+    name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
+        "_negclip" if args.negclip else "") + (
+        f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (f"_seed{args.seed}" if args.seed else "")
+    save_result(__file__, name, result)
+
+
+if __name__ == "__main__":
+    main()
