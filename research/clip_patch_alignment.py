@@ -127,8 +127,8 @@ def main():
     fit(model, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
     measured = clip.measure(model.eval(), tok, bench)
-    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc",
-            "heldout_combo_acc")
+    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "zs_shape_acc_vocab",
+            "relation_swap_acc", "attribute_swap_acc", "heldout_combo_acc")
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
               **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before}
     if args.negclip_steps:
