@@ -98,7 +98,8 @@ def main():
     p.add_argument("--neighbours", type=int, default=0, help="group size of caption-neighbour batches (0: random)")
     p.add_argument("--negclip", action="store_true", help="canonical captions, each with one hard negative (notebook 02)")
     p.add_argument("--negclip-steps", dest="negclip_steps", type=int, default=0,
-                   help="then NegCLIP's fine-tune for this many steps at 5e-4, as notebook 02 does (80)")
+                   help="then NegCLIP's fine-tune for this many steps, as notebook 02 does (80)")
+    p.add_argument("--negclip-lr", dest="negclip_lr", type=float, default=5e-4, help="its learning rate (notebook 02: 5e-4)")
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -132,13 +133,14 @@ def main():
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
               **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before}
     if args.negclip_steps:
-        fit(model, clip.negclip_batch_loss, negclip_batches(args.seed + 1), steps=args.negclip_steps, lr=5e-4,
+        fit(model, clip.negclip_batch_loss, negclip_batches(args.seed + 1), steps=args.negclip_steps, lr=args.negclip_lr,
             weight_decay=0.1, seed=args.seed, progress=False)
         after = clip.measure(model.eval(), tok, bench)
         result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
     name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
         "_negclip" if args.negclip else "") + (
-        f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (f"_seed{args.seed}" if args.seed else "")
+        f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
+        f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (f"_seed{args.seed}" if args.seed else "")
     save_result(__file__, name, result)
 
 
