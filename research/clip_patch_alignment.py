@@ -79,9 +79,10 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
     train, test = evalsets.single_objects(seed, 3000, "train"), evalsets.single_objects(seed, 1000, "test")
     reads = {"embed": lambda x: harness.embed_images(model, x),
              "cls": lambda x: torch.cat([model.image_tower(to_float(c)).cls for c in x.split(500)])}
+    images = [resized(evalsets.images_of(scenes), size) for scenes in (train, test)]
     out = {}
     for name, read in reads.items():
-        x_train, x_test = (read(resized(evalsets.images_of(s), size)).numpy() for s in (train, test))
+        x_train, x_test = (read(x).numpy() for x in images)
         for attr in ("shape", "color"):
             y_train, y_test = ([getattr(s.objects[0], attr) for s in scenes] for scenes in (train, test))
             out[f"probe_{attr}_{name}"] = LogisticRegression(max_iter=2000).fit(x_train, y_train).score(x_test, y_test)

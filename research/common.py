@@ -10,6 +10,7 @@ import torch
 from vlmlab import unimodal
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import to_float
+from vlmlab.encoders import preprocess_images
 from vlmlab.files import write_json_atomic
 from vlmlab.lm import load_language_model
 
@@ -39,10 +40,9 @@ def save_result(script: str, run: str, result: dict) -> Path:
 
 
 def resized(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 images [N, 3, H, W] -> [N, 3, size, size] uint8, bicubic with antialiasing (a backbone's preprocessing,
-    `vlmlab.encoders.preprocess_images`, resizes the same way); images already that size are returned as they are."""
+    """uint8 images [N, 3, H, W] -> [N, 3, size, size] uint8, resized by a backbone's preprocessing
+    (`vlmlab.encoders.preprocess_images`: bicubic with antialiasing), in chunks to keep the float copy small."""
     if images.shape[-1] == size:
         return images
-    chunks = [torch.nn.functional.interpolate(c.float() / 255, size=(size, size), mode="bicubic", align_corners=False,
-                                              antialias=True).clamp(0, 1) for c in images.split(2048)]
-    return torch.cat([(c * 255).round().to(torch.uint8) for c in chunks])
+    unit = ((0.0,) * 3, (1.0,) * 3)  # no normalisation: floats in [0, 1]
+    return torch.cat([(preprocess_images(chunk, size, *unit) * 255).round().to(torch.uint8) for chunk in images.split(2048)])

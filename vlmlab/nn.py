@@ -179,11 +179,11 @@ def resized_vit(vit: ViT, image_size: int) -> ViT:
     out.config = c
     out.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim).to(vit.pos_embed.device)
     out.patch_embed.proj.load_state_dict(vit.patch_embed.proj.state_dict())
-    (h, w), (new_h, new_w) = vit.grid, out.grid
-    grid = vit.pos_embed.detach()[:, 1:].reshape(1, h, w, -1).permute(0, 3, 1, 2)  # [1, D, h, w]
+    (h, w), (new_h, new_w), pos = vit.grid, out.grid, vit.pos_embed.detach()  # pos: [1, 1 + N, D], CLS first
+    grid = pos[:, 1:].reshape(1, h, w, -1).permute(0, 3, 1, 2)  # [1, D, h, w]
     grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False)  # [1, D, new_h, new_w]
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)  # [1, N', D]
-    out.pos_embed = nn.Parameter(torch.cat([vit.pos_embed.detach()[:, :1], grid], dim=1))  # [1, 1 + N', D]
+    out.pos_embed = nn.Parameter(torch.cat([pos[:, :1], grid], dim=1))  # [1, 1 + N', D]
     return out
 
 
