@@ -1,7 +1,8 @@
 """Side runs for notebook 02's open problem, shape from pixels: does CLIP's image tower read shape once its 16 px
 patches fall on the world's cells? Shapes World draws its objects in a 3 x 3 grid of cells; at 64 px a cell is
 21.3 px, so a 16 px patch grid (4 x 4) cuts most objects in two or four. Resized to 48 px, each cell is one
-patch. The run continues notebook 02's shipped CLIP (`clip-shapes`, both towers learned from pixels, no label)
+patch. The run continues notebook 02's shipped CLIP (`clip-shapes`, both towers learned from pixels, no label;
+the recorded results continue the 64 px one shipped until commit 5e12751, today's is trained at 48 px)
 for the same number of steps at 64 px (the control) and at 48 px (position embeddings interpolated from 4 x 4 to
 3 x 3), then measures it with `clip.measure` and with linear probes of shape and colour on its frozen image
 embedding and CLS vector (3,000 labelled one-object training scenes, 1,000 test scenes: how much shape the image

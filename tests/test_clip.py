@@ -14,6 +14,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from vlmlab.data.evalsets import DualEncoderBench, prompt_templates, single_objects
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
 from vlmlab.data.shapes import COLORS, ShapesWorld
+from vlmlab.encoders import preprocess_images
 from vlmlab.evaluate import retrieval_recall
 from vlmlab.harness import embed_images, embed_texts, zero_shot_attribute, zero_shot_classifier
 from vlmlab.nn import TextConfig, ViT, ViTConfig
@@ -222,6 +223,20 @@ def test_image_tower_without_pre_norm_is_a_plain_vit():
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_close(tower(images).hidden, vit(images).hidden)
+
+
+def test_image_tower_reads_images_of_another_size_resized_to_its_own():
+    """Notebook 02's tower reads the world's 64 px scenes at 48 px: any input is resized (bicubic, antialiased, in
+    [-1, 1]) before the patches are cut, exactly as a backbone's preprocessing would resize it."""
+    torch.manual_seed(0)
+    tower = ImageTower(ViTConfig(image_size=24, patch_size=8, dim=32, depth=1, n_heads=2)).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    by_hand = F.interpolate(to_float(images), size=(24, 24), mode="bicubic", antialias=True).clamp(-1, 1)
+    with torch.no_grad():
+        assert_close(tower(to_float(images)).hidden, tower(by_hand).hidden)
+        preprocessed = preprocess_images(images, 24, (0.5,) * 3, (0.5,) * 3)  # the tiny-clip-vit backbone's way
+        assert_close(tower(to_float(images)).hidden, tower(preprocessed).hidden, atol=1e-5, rtol=1e-4)
+        assert tower.tokens(to_float(images)).shape == (2, 1 + 9, 32)
 
 
 def test_embeddings_are_unit_vectors_of_the_shared_width():

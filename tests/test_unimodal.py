@@ -159,7 +159,7 @@ def test_the_clip_towers_are_notebook_02s_image_tower_and_embedding(user_cache):
         assert model.spec["sha256"] == record["sha256"] and not any(p.requires_grad for p in model.parameters())
     assert "text_tower" not in dict(embedding.named_children())  # a captioner keeps the image side only
     with torch.no_grad():
-        torch.testing.assert_close(tokens(pixels), clip.image_tower(pixels).hidden)  # [2, 17, D]
+        torch.testing.assert_close(tokens(pixels), clip.image_tower(pixels).hidden)  # [2, 10, D]: the tower reads 48 px
         torch.testing.assert_close(embedding(pixels), clip.encode_image(pixels))  # [2, E], unit vectors
     penultimate = vision_tower({"tower": "clip-penultimate", "name": "clip-shapes"})  # LLaVA's features (notebook 09)
     vit = clip.image_tower
@@ -167,7 +167,7 @@ def test_the_clip_towers_are_notebook_02s_image_tower_and_embedding(user_cache):
         x = vit.tokens(pixels)
         for block in vit.blocks[:-1]:
             x = block(x)
-        torch.testing.assert_close(penultimate(pixels), x[:, 1:])  # [2, 16, D]: patches only, before the last block
+        torch.testing.assert_close(penultimate(pixels), x[:, 1:])  # [2, 9, D]: patches only, before the last block
         assert not torch.allclose(penultimate(pixels), tokens(pixels)[:, 1:])
 
 

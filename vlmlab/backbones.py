@@ -10,7 +10,7 @@ Every loader returns a `Backbone`: the model, how to turn raw inputs into what i
 |----------------------|-------|-------------------------------------------------------------------------|
 | `tiny-vit-detector`  | image | notebook 01, trained with attribute labels; `data/checkpoints/` or the user cache (vlmlab.zoo) |
 | `tiny-vit-mae`       | image | notebook 01, from pixels alone (masked image modelling); idem           |
-| `tiny-clip-vit`      | image | notebook 02, CLIP's image tower, from image-caption pairs alone; idem   |
+| `tiny-clip-vit`      | image | notebook 02, CLIP's image tower, from image-caption pairs alone; reads 48 px; idem |
 | `tiny-bert`          | text  | idem                                                                    |
 | `tiny-gpt`           | lm    | idem (captions only: SimVLM's text-only stage, notebook 03)             |
 | `tiny-lm`            | lm    | idem (all of the world's text: the frozen LM of notebooks 04, 05, 08, 09) |

@@ -46,15 +46,16 @@ def preprocess_images(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -
         images = list(images)
     elif not isinstance(images, list | tuple):
         images = [images]
-    x = torch.cat([_resize(_image_to_uint8(im)[None].float() / 255, size) for im in images])  # [B, 3, size, size]
+    x = torch.cat([resize(_image_to_uint8(im)[None].float() / 255, size) for im in images])  # [B, 3, size, size]
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[1, 3, H, W] in [0, 1] -> [1, 3, size, size], bicubic with antialiasing; images already that size are kept as they are."""
+def resize(x: torch.Tensor, size: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Float images [B, 3, H, W] with values in `bounds` -> [B, 3, size, size], bicubic with antialiasing, clamped
+    back into `bounds`; images already that size are kept as they are."""
     if x.shape[-2:] == (size, size):
         return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(*bounds)
 
 
 def tokenize_with(tokenizer, max_length: int | None = None) -> Callable:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data.evalsets import DualEncoderBench
 from ..data.loaders import to_float
+from ..encoders import resize
 from ..harness import suite
 from ..hf_convert import hf_block_state, load_exactly
 from ..nn import TextConfig, TextTransformer, ViT, ViTConfig
@@ -77,12 +78,19 @@ class QuickGELU(nn.Module):
 
 class ImageTower(ViT):
     """vlmlab.nn.ViT with a LayerNorm between the embeddings and the first block when `pre_norm` (CLIP's ln_pre).
-    Without it (the default) it has exactly the ViT's weights, so a notebook-01 tiny ViT loads into it."""
+    Without it (the default) it has exactly the ViT's weights, so a notebook-01 tiny ViT loads into it.
+
+    Images of another size are resized to the tower's `image_size` first, as CLIP's image processor resizes every
+    input: notebook 02's tower reads the world's 64 px scenes at 48 px, where each of its 3 x 3 cells is one patch."""
 
     def __init__(self, config: ViTConfig, pre_norm: bool = False):
         super().__init__(config)
         if pre_norm:
             self.pre_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B, 3, H, W] in [-1, 1], any H = W -> [B, 1 + N, D], read at `image_size`."""
+        return super().tokens(resize(images, self.config.image_size, bounds=(-1.0, 1.0)))
 
 
 def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
