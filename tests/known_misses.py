@@ -14,11 +14,11 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                                  "1,000 steps: the detector's region tokens meet it, the label-free stem does not",
     ("prefix_lm", "vqa_acc"): "the same: shape questions stay near chance from pixels",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
-                                     "the same mapper on the detector's labelled ViT gains little, the object list "
-                                     "reaches 0.82, so the mapper learning to steer the LM is the first limit; shape is "
-                                     "not in the tower",
+                                     "the same mapper on the detector's labelled ViT gains a little (0.16 -> 0.20), the "
+                                     "object list reaches 0.83, so the mapper learning to steer the LM is the first limit; "
+                                     "shape questions stay near the blind LM (0.17 vs 0.16)",
     ("frozen_prefix", "vqa_acc"): "colour and size need the image to decide between an attribute and 'there is no ...' "
-                                  "and 400 steps of prefix barely move the frozen LM's prior (blind 0.36, kept 0.40); "
+                                  "and 400 steps of prefix move the frozen LM's prior only partly (blind 0.36, kept 0.41); "
                                   "the object-list upper bound reaches 0.42",
     ("flamingo", "caption_f1"): "gated cross-attention on notebook 02's label-free CLIP tower, 400 steps: shape is not in "
                                 "the tower (shape questions 0.21), so scene F1, which needs every shape, stays low",
