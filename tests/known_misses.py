@@ -31,7 +31,7 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
     ("fusion", "vqa_acc"): "colour, size, count and existence beat the empty-picture prior; shape (0.18) does not",
     ("blip2", "caption_f1"): "the Q-Former's queries as a soft prompt into the frozen tiny LM after 300 stage-1 and 400 "
                              "stage-2 steps on notebook 02's label-free CLIP tower: the captioner writes worse captions "
-                             "than the Q-Former's own ITG head, stage 1 does not help stage 2, shape is not in the tower",
+                             "than the Q-Former's own ITG head, stage 1 does not help stage 2, shape does not reach the queries",
     ("blip2", "vqa_acc"): "400 stage-2 steps barely move the frozen LM's answers off its prior (blind 0.36): count, "
                           "position and size beat it, colour, shape and absent-object questions do not",
     ("llava", "vqa_acc"): "a projector on notebook 02's label-free CLIP patches and the tiny LM tuned for 300 steps of 32 "

@@ -20,6 +20,7 @@ from vlmlab.nn import TextConfig, ViTConfig  # noqa: E402
 from vlmlab.strategies.clip import CLIP, Config  # noqa: E402
 from vlmlab.widgets import (  # noqa: E402
     anchor_picker,
+    attention_overlay,
     beta_slider,
     caption_explorer,
     caption_table,
@@ -287,3 +288,14 @@ def test_chat_box_streams_the_answer_and_keeps_the_conversation_per_image():
 def test_chat_transcript_drops_the_image_marker_and_shows_the_answer_being_written():
     shown = chat_transcript([{"from": "human", "value": "<image>\nWhat is <this>?"}], answering="a st")
     assert "<image>" not in shown and "&lt;this&gt;" in shown and "<b>model</b>: a st ▌" in shown
+
+
+def test_attention_overlay_lays_each_patch_weight_over_its_own_pixels_for_any_grid():
+    """Notebook 08's CLIP grid is 3 x 3 over a 64 px picture: patches of 21 or 22 px, brightest where the weight is."""
+    pixels = np.full((64, 64, 3), 200, dtype=np.uint8)
+    weights = np.zeros((3, 3))
+    weights[2, 0] = 1.0  # the bottom-left patch
+    shown = np.asarray(Image.open(io.BytesIO(attention_overlay(pixels, weights, size=64))))[..., 0]  # [64, 64]
+    assert shown[63, 0] == 200 and shown[0, 63] == 70  # full brightness there, 0.35 elsewhere
+    bright = np.argwhere(shown == 200)  # pixel r belongs to patch row r * 3 // 64: rows 43..63, columns 0..21
+    assert (bright.min(0) == (43, 0)).all() and (bright.max(0) == (63, 21)).all() and len(bright) == 21 * 22

@@ -279,7 +279,8 @@ def changed_word(before: str, after: str) -> int | None:
 
 def attention_overlay(pixels: np.ndarray, weights: np.ndarray, size: int = 192) -> bytes:
     """An image HWC uint8 with attention weights [h, w] over its patches laid on top (brighter = more attention)."""
-    heat = np.kron(weights / max(weights.max(), 1e-9), np.ones((pixels.shape[0] // weights.shape[0],) * 2))  # [H, W]
+    (h, w), (H, W_) = weights.shape, pixels.shape[:2]
+    heat = (weights / max(weights.max(), 1e-9))[np.arange(H) * h // H][:, np.arange(W_) * w // W_]  # [H, W]: each pixel's patch
     blended = pixels * (0.35 + 0.65 * heat[..., None])
     return _png(blended.clip(0, 255).astype(np.uint8), size)
 
