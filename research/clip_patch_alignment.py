@@ -13,6 +13,7 @@ side holds, whatever the text side makes of it).
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --negclip-steps 80
         # notebook 02's main run and its NegCLIP fine-tune, at 48 px
     python research/clip_patch_alignment.py --negclip            # NegCLIP's hard negative captions in every batch
+    python research/clip_patch_alignment.py --canonical          # its control: the canonical captions, no negatives
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -99,6 +100,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--neighbours", type=int, default=0, help="group size of caption-neighbour batches (0: random)")
     p.add_argument("--negclip", action="store_true", help="canonical captions, each with one hard negative (notebook 02)")
+    p.add_argument("--canonical", action="store_true", help="canonical captions, no negatives: --negclip's control")
     p.add_argument("--negclip-steps", dest="negclip_steps", type=int, default=0,
                    help="then NegCLIP's fine-tune for this many steps, as notebook 02 does (80)")
     p.add_argument("--negclip-lr", dest="negclip_lr", type=float, default=5e-4, help="its learning rate (notebook 02: 5e-4)")
@@ -109,7 +111,8 @@ def main():
     tok = load_tokenizer()
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
     images = resized(train.images, args.image_size)
-    collate = indexed_collate(images, encode_texts(tok, [train.text(i) for i in range(len(train))], max_length=40))
+    texts = [language.caption(s) for s in train.scenes] if args.canonical else [train.text(i) for i in range(len(train))]
+    collate = indexed_collate(images, encode_texts(tok, texts, max_length=40))
     items = [{"index": i, "image": images[i], "text": language.caption(s),
               "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
     negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
@@ -140,7 +143,7 @@ def main():
         after = clip.measure(model.eval(), tok, bench)
         result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
     name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
-        "_negclip" if args.negclip else "") + (
+        "_negclip" if args.negclip else "") + ("_canonical" if args.canonical else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (f"_seed{args.seed}" if args.seed else "")
     save_result(__file__, name, result)
