@@ -9,7 +9,7 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                               "(a linear probe reads 0.67) but the embedding and the generic prompts do not (0.16)",
     ("clip", "relation_swap_acc_negclip"): "the from-pixels CLIP is a bag of words (0.50), as ARO found, and 400 steps of "
                                            "NegCLIP's fine-tune barely move it (0.53); negatives from the first step "
-                                           "reached 0.86 in a research run",
+                                           "reached 0.86 at seed 0 and 0.55 at seed 1 in research runs",
     ("prefix_lm", "caption_f1"): "image tokens from pixels (a conv stem learned with the model, SimVLM's way) after "
                                  "1,000 steps: the detector's region tokens meet it, the label-free stem does not",
     ("prefix_lm", "vqa_acc"): "the same: shape questions stay near chance from pixels",
