@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from vlmlab.data.language import captions
+from vlmlab.data.language import QA, captions
 from vlmlab.data.shapes import COLORS, SPLITS, Obj, Scene, ShapesWorld
 from vlmlab.evaluate import (
+    absent_replies,
     attribute_f1,
     caption_facts,
     caption_metrics,
@@ -108,6 +109,17 @@ def test_vqa_accuracy_overall_and_by_type():
     assert vqa_accuracy(["no"], ["yes"])["by_type"] == {"all": 0.0}
     with pytest.raises(ValueError, match="predictions"):
         vqa_accuracy(["a"], ["a", "b"])
+
+
+def test_absent_replies_counts_colour_and_size_questions_answered_as_if_the_object_were_absent():
+    qas = [QA("what color is the star?", "red", "color"), QA("what size is the red star?", "small", "size"),
+           QA("what color is the hexagon?", "there is no hexagon", "absent"), QA("how many objects are there?", "one", "count")]
+    assert absent_replies(["There is no star.", "small", "there is no hexagon", "there is no"], qas) == 0.5
+    assert absent_replies(["red", "small", "there is no hexagon", "one"], qas) == 0.0
+    with pytest.raises(ValueError, match="one prediction per question"):
+        absent_replies(["red"], qas)
+    with pytest.raises(ValueError, match="colour or size"):
+        absent_replies(["there is no hexagon"], qas[2:3])
 
 
 # ---------------------------------------------------------------- captions

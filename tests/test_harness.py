@@ -152,3 +152,25 @@ def test_novel_scenes_get_their_own_caption_vqa_and_retrieval_numbers(tiny_zoo, 
     similarity = embed_images(dual, retrieval.images["retrieval"]) @ texts.T
     assert numbers["t2i_r1_novel"] == retrieval_recall(similarity.T[[0, 5]], targets=[0, 5])["r1"]
     assert numbers["i2t_r5_novel"] == retrieval_recall(similarity[[0, 5]], targets=[0, 5])["r5"]
+
+
+def test_absent_object_replies_scores_the_answers_to_the_colour_and_size_questions(tiny_zoo, tok, monkeypatch):
+    from vlmlab import harness
+    from vlmlab.data.evalsets import SceneBench
+    from vlmlab.strategies import prefix_lm
+
+    torch.manual_seed(0)
+    config = prefix_lm.Config(vocab_size=len(tok), text_len=30, dim=32, depth=1, n_heads=2,
+                              vision={"tower": "regions", **tiny_zoo["tiny-vit-detector-probe"]})
+    model = prefix_lm.PrefixLM.from_config(config.to_dict())
+    bench = SceneBench.build(seed=0, n=12, questions_per_scene=3)
+    asked_about = [qa.qtype for qa in bench.questions if qa.qtype in ("color", "size")]
+    assert "color" in asked_about and "size" in asked_about
+
+    def denies_colours(model, tokenizer, features, prompts, max_new_tokens):  # "there is no" to colour questions only
+        assert len(features) == len(prompts) == len(asked_about)
+        return ["there is no star" if "color" in p else "large" for p in prompts]
+
+    monkeypatch.setattr(harness, "generate_text", denies_colours)
+    share = harness.absent_object_replies(model, tok, bench)
+    assert share == asked_about.count("color") / len(asked_about) and 0 < share < 1

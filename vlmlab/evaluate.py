@@ -134,6 +134,18 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str], qtypes: Seq
     return {"overall": sum(right) / len(right), "count": len(right), "by_type": by_type, "counts": dict(sorted(counts.items()))}
 
 
+def absent_replies(predictions: Sequence[str], qas: Sequence) -> float:
+    """The share of the colour and size questions among `qas` (`language.QA`), each about an object that is in the
+    picture, answered "there is no ...": how often a model treats an object that is there as absent. Each of these
+    questions names its object by its shape, so a model that cannot find the shape answers so. Notebook 04."""
+    if len(predictions) != len(qas):
+        raise ValueError(f"need one prediction per question, got {len(predictions)} and {len(qas)}")
+    present = [p for p, qa in zip(predictions, qas) if qa.qtype in ("color", "size")]
+    if not present:
+        raise ValueError("none of the questions is a colour or size question")
+    return sum(normalize_answer(p).startswith("there is no") for p in present) / len(present)
+
+
 def blind_answerer(qas: Sequence) -> Callable:
     """Notebook 00's blind baseline, fitted on training `qas` (`language.QA`): a function QA -> answer giving the
     most common training answer to the same question text, else to the same question type, else "yes"."""

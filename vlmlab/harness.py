@@ -25,6 +25,7 @@ from .data.language import caption
 from .data.loaders import to_float
 from .data.shapes import COLORS, SHAPES, Scene
 from .evaluate import (
+    absent_replies,
     caption_scores,
     paired_choice_accuracy,
     retrieval_metrics,
@@ -163,6 +164,18 @@ def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> di
     answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in bench.questions]),
                             max_new_tokens=8)
     return _vqa_scores(answers, bench, novel)
+
+
+def absent_object_replies(model, tokenizer, bench: SceneBench) -> float:
+    """How often a VQA model answers "there is no ..." about an object that is in the picture: its greedy answers to
+    the colour and size questions of `bench` (asked as the "vqa" suite asks), scored by `evaluate.absent_replies`.
+    Each of these questions names its object by its shape. Notebooks 05 and 09."""
+    keep = [j for j, qa in enumerate(bench.questions) if qa.qtype in ("color", "size")]
+    questions = [bench.questions[j] for j in keep]
+    features = image_features(model, bench.images[[bench.question_scene[j] for j in keep]])
+    answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in questions]),
+                            max_new_tokens=8)
+    return absent_replies(answers, questions)
 
 
 @torch.no_grad()
