@@ -14,6 +14,8 @@ side holds, whatever the text side makes of it).
         # notebook 02's main run and its NegCLIP fine-tune, at 48 px
     python research/clip_patch_alignment.py --negclip            # NegCLIP's hard negative captions in every batch
     python research/clip_patch_alignment.py --canonical          # its control: the canonical captions, no negatives
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --freeze-patch-embed
+        # the main run with the MAE's patch projection kept as it starts
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -28,6 +30,7 @@ from itertools import islice
 import numpy as np
 import torch
 from common import resized, save_result
+from patch_probe import last_block_shape
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -77,7 +80,8 @@ def neighbour_batches(train, collate, batch: int, group: int, seed: int, pool: i
 
 @torch.no_grad()
 def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
-    """Linear probes (logistic regression) of shape and colour on the frozen image embedding and CLS vector."""
+    """Linear probes (logistic regression) of shape and colour on the frozen image embedding and CLS vector; at 48 px,
+    probes of each occupied cell's shape on its own patch vector (last block), linear and with a hidden layer."""
     train, test = evalsets.single_objects(seed, 3000, "train"), evalsets.single_objects(seed, 1000, "test")
     reads = {"embed": lambda x: harness.embed_images(model, x),
              "cls": lambda x: torch.cat([model.image_tower(to_float(c)).cls for c in x.split(500)])}
@@ -88,6 +92,9 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
         for attr in ("shape", "color"):
             y_train, y_test = ([getattr(s.objects[0], attr) for s in scenes] for scenes in (train, test))
             out[f"probe_{attr}_{name}"] = LogisticRegression(max_iter=2000).fit(x_train, y_train).score(x_test, y_test)
+    if size == 48:  # one patch per cell: each cell's shape from its own patch vector (research/patch_probe.py)
+        out |= {f"probe_cell_shape_{kind}": last_block_shape(model.image_tower, seed, hidden)
+                for kind, hidden in (("linear", 0), ("mlp", 512))}
     return out
 
 
@@ -105,6 +112,8 @@ def main():
                    help="then NegCLIP's fine-tune for this many steps, as notebook 02 does (80)")
     p.add_argument("--negclip-lr", dest="negclip_lr", type=float, default=5e-4, help="its learning rate (notebook 02: 5e-4)")
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
+    p.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action="store_true",
+                   help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -125,6 +134,7 @@ def main():
         batches = lambda step: collate(torch.randperm(len(images), generator=torch.Generator().manual_seed(
             args.seed * 100_003 + step))[: args.batch].tolist())
     model = started_clip(args.start, args.image_size, args.seed)
+    model.image_tower.patch_embed.requires_grad_(not args.freeze_patch_embed)
     bench = evalsets.DualEncoderBench.build(args.seed, 1000)
     bench.images.update({k: resized(v, args.image_size) for k, v in bench.images.items()})
     before = probes(model.eval(), args.image_size, args.seed)
@@ -144,6 +154,7 @@ def main():
         result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
     name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
         "_negclip" if args.negclip else "") + ("_canonical" if args.canonical else "") + (
+        "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (f"_seed{args.seed}" if args.seed else "")
     save_result(__file__, name, result)

@@ -1,0 +1,127 @@
+"""Notebooks 05, 08, 09: what does each layer of notebook 02's CLIP image tower hold, cell by cell? A linear probe per
+patch: at 48 px each of the 3 x 3 patches is one of the world's cells, so the patch vector of cell (r, c) after block
+k is probed for the colour, the shape and the size of the object in that cell, or "empty". The gated layers (05), the
+Q-Former (08) and the projector (09) can only read what these vectors hold.
+
+    python research/patch_probe.py                      # clip-shapes, every block's output
+    python research/patch_probe.py --tower clip:negclip-shapes
+    python research/patch_probe.py --tower vit:tiny-vit-mae     # the MAE notebook 02 starts from
+    python research/patch_probe.py --hidden 512         # a one-hidden-layer probe: what a nonlinear reader finds
+
+The first row is the control: the same probe on each cell's own pixels, as the tower reads them (48 px).
+Probes: softmax regression (or an MLP, `--hidden`) on the patch vectors of `--train` training scenes (9 per scene, one
+probe shared by the 9 cells), scored on the 9 cells of `--test` test scenes, the empty cells counted as a class
+of their own and reported apart (accuracy on the occupied cells only)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from common import save_result
+
+from vlmlab import unimodal
+from vlmlab.data import evalsets, shapes
+from vlmlab.data.loaders import to_float
+from vlmlab.encoders import resize
+from vlmlab.nn import resized_vit
+
+ATTRIBUTES = {"color": shapes.COLORS, "shape": shapes.SHAPES, "size": shapes.SIZES}
+
+
+def cell_labels(scenes, attribute: str) -> torch.Tensor:
+    """[N, 9]: the index of each cell's object's attribute, or len(values) for an empty cell."""
+    values = ATTRIBUTES[attribute]
+    labels = torch.full((len(scenes), shapes.GRID * shapes.GRID), len(values))
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            labels[i, o.row * shapes.GRID + o.col] = values.index(getattr(o, attribute))
+    return labels
+
+
+@torch.no_grad()
+def layer_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
+    """Each cell's pixels as the tower reads them (the control: what a linear map of the raw patch holds), then each
+    block's output patch vectors (the last one after the final norm, as the tower hands them on): [N, 9, *] each."""
+    out = [[] for _ in range(len(tower.blocks) + 1)]
+    size, patch = tower.config.image_size, tower.config.patch_size
+    for chunk in images.split(500):
+        pixels = resize(to_float(chunk), size, bounds=(-1.0, 1.0))  # [B, 3, size, size]
+        out[0].append(F.unfold(pixels, patch, stride=patch).transpose(1, 2))  # [B, N, 3 * patch * patch]
+        x = tower.tokens(pixels)
+        for k, block in enumerate(tower.blocks):
+            x = block(x)
+            out[k + 1].append((tower.norm(x) if k == len(tower.blocks) - 1 else x)[:, 1:])
+    return [torch.cat(o) for o in out]
+
+
+def probe(train_x, train_y, test_x, test_y, n_classes: int, test_small, hidden: int = 0) -> dict[str, float]:
+    """Accuracy of a softmax regression (or, with `hidden`, a one-hidden-layer MLP) on all test cells, on the
+    occupied ones, and on those with a small object. Adam on minibatches of 1,024 cells, 1,500 steps."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    dim = train_x.shape[1]
+    head = (torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n_classes))
+            if hidden else torch.nn.Linear(dim, n_classes))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():  # the callers may measure under no_grad
+        for _ in range(1500):
+            idx = torch.randint(0, len(train_x), (1024,))
+            opt.zero_grad()
+            F.cross_entropy(head(train_x[idx]), train_y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        right = head(test_x).argmax(-1) == test_y
+    occupied = test_y != n_classes - 1
+    return {"all_cells": right.float().mean().item(), "occupied_cells": right[occupied].float().mean().item(),
+            "small_objects": right[test_small].float().mean().item()}
+
+
+def last_block_shape(tower, seed: int, hidden: int, n_train: int = 4000, n_test: int = 1000) -> float:
+    """The shape probe on the occupied cells of the tower's last block: what `clip_patch_alignment.py` reports."""
+    world = shapes.ShapesWorld(seed=seed)
+    train, test = world.scenes(n_train, "train"), world.scenes(n_test, "test")
+    (*_, x_train), (*_, x_test) = (layer_patches(tower, evalsets.images_of(s)) for s in (train, test))
+    y_train, y_test = cell_labels(train, "shape").flatten(), cell_labels(test, "shape").flatten()
+    small = cell_labels(test, "size").flatten() == shapes.SIZES.index("small")
+    n_classes = len(shapes.SHAPES) + 1
+    return probe(x_train.flatten(0, 1), y_train, x_test.flatten(0, 1), y_test, n_classes, small, hidden)["occupied_cells"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tower", default="clip:clip-shapes",
+                        help="clip:<a CLIP checkpoint> (its image tower) or vit:<a ViT backbone> (read at 48 px: its "
+                             "position embeddings resized, as notebook 02 starts from the MAE)")
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--test", type=int, default=1000)
+    parser.add_argument("--hidden", type=int, default=0, help="probe with a hidden layer of this width (0: linear)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", default=None)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    start = time.time()
+    kind, name = args.tower.split(":")
+    tower = unimodal.vision_tower({"tower": kind, "name": name}).vit
+    if kind == "vit":
+        tower = resized_vit(tower, 48)
+    world = shapes.ShapesWorld(seed=args.seed)
+    train, test = world.scenes(args.train, "train"), world.scenes(args.test, "test")
+    train_layers, test_layers = layer_patches(tower, evalsets.images_of(train)), layer_patches(tower, evalsets.images_of(test))
+    result = {"args": vars(args), "layers": {}}
+    test_small = cell_labels(test, "size").flatten() == shapes.SIZES.index("small")
+    for attribute, values in ATTRIBUTES.items():
+        train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()
+        for k, (tr, te) in enumerate(zip(train_layers, test_layers)):
+            scores = probe(tr.flatten(0, 1), train_y, te.flatten(0, 1), test_y, len(values) + 1, test_small, args.hidden)
+            layer = f"block {k}" if k else "pixels"
+            result["layers"].setdefault(layer, {})[attribute] = {key: round(v, 3) for key, v in scores.items()}
+            print(layer, attribute, {key: round(v, 3) for key, v in scores.items()}, flush=True)
+    result["seconds"] = round(time.time() - start, 1)
+    save_result(__file__, args.run or f"{name}_{'mlp' if args.hidden else 'linear'}_seed{args.seed}", result)
+
+
+if __name__ == "__main__":
+    main()
