@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--tower", default="clip-penultimate:clip-shapes", help="kind:name of a vision tower")
     ap.add_argument("--eval", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run", default=None, help="the result's file name (default: from the settings)")
     args = ap.parse_args()
     tok = load_tokenizer()
     tower, lm, scenes, feats = frozen_parts(args.tower, args.scenes, args.seed)  # feats [N, 16, Dv]
@@ -84,7 +85,7 @@ def main() -> None:
     scores = llava.measure(model.eval(), tok, bench)
     keep = ("vqa_acc", "reasoning_acc", "description_f1", "pope_acc", "pope_yes_to_absent", "caption_f1")
     lora = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
-    run = f"{kind}-{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}-seed{args.seed}"
+    run = args.run or f"{kind}-{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}-seed{args.seed}"
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
                                                                k.startswith(("vqa_", "reasoning_"))},
                                 "seconds": [round(stage1_seconds, 1), round(stage2_seconds, 1)]})
