@@ -1,0 +1,70 @@
+"""Notebook 02's NegCLIP fine-tune: does it matter which hard negative a caption gets at each visit? A scene has up
+to three hard negatives (`language.hard_negatives`: an attribute swap, a relation swap for two-object scenes, an
+object replacement). Notebook 02's collate (`negatives_collate`) picks one per scene by the scene's index alone,
+so a two-object scene whose pick is its attribute swap never shows its relation swap. NegCLIP's own data loader
+draws a caption's negative at random at every visit. Both fine-tune notebook 02's shipped CLIP (`clip-shapes`)
+as its section 8 does: 400 steps of 256 at 5e-4, weight decay 0.1, the canonical captions of 30,000 training scenes.
+
+    python research/negclip_negatives.py --draw fixed        # notebook 02's choice (reproduces negclip-shapes)
+    python research/negclip_negatives.py --draw per-visit    # a fresh draw at each visit, fixed by the batch
+
+Writes research/results/negclip_negatives/<draw>_<steps>_seed<seed>.json."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from common import save_result
+
+from vlmlab import zoo
+from vlmlab.data import evalsets, language, shapes
+from vlmlab.data.loaders import ShapesDataset, StepBatches, negatives_collate
+from vlmlab.strategies import clip
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+
+def per_visit_collate(tokenizer, max_length: int = 40):
+    """`negatives_collate` with the negative drawn from the item's index and the whole batch's indices: a pure
+    function of the batch, so a scene met again in another epoch (in another batch) gets a fresh draw."""
+
+    def collate(items: list[dict]) -> dict:
+        batch_key = ",".join(str(it["index"]) for it in items)
+        for it in items:
+            it["negatives"] = [random.Random(f"negative:{it['index']}:{batch_key}").choice(it["all_negatives"])]
+        return fixed(items)
+
+    fixed = negatives_collate(tokenizer, max_length=max_length)
+    return collate
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--draw", choices=("fixed", "per-visit"), default="fixed")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    tok = load_tokenizer()
+    train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", 30_000, paraphrase=True)
+    items = [{"index": i, "image": train.images[i], "text": language.caption(s),
+              "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
+    for it in items:
+        it["all_negatives"] = list(it["negatives"])
+    collate = negatives_collate(tok, max_length=40) if args.draw == "fixed" else per_visit_collate(tok)
+    batches = StepBatches(items, 256, collate, seed=args.seed + 1)
+    model = zoo.load_model("clip-shapes")[0]
+    start = time.perf_counter()
+    fit(model, clip.negclip_batch_loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed,
+        progress=False)
+    seconds = time.perf_counter() - start
+    measured = clip.measure(model.eval(), tok, evalsets.DualEncoderBench.build(args.seed, 1000))
+    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc")
+    save_result(__file__, f"{args.draw}_{args.steps}_lr{args.lr:g}_seed{args.seed}",
+                {"args": vars(args), "train_s": round(seconds, 1), **{k: round(measured[k], 4) for k in keys}})
+
+
+if __name__ == "__main__":
+    main()
