@@ -44,6 +44,6 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                                 "the leftmost object's colour is rarely read (0.18); four times the chats reach 0.82",
     ("llava", "pope_acc"): "the model cannot check a colour-shape pair in the picture and gives one answer to nearly "
                            "every probe ('yes' to 0.96 of absent pairs at seed 0): POPE stays at 0.5",
-    ("llava", "description_f1"): "a description needs every object's shape, size and cell; the tower holds count and "
-                                 "layout, so descriptions have the right form and the wrong objects (0.21)",
+    ("llava", "description_f1"): "a description needs every object's shape, size and cell; the model reads count and "
+                                 "layout from the tower, so descriptions have the right form and the wrong objects (0.21)",
 }
