@@ -14,12 +14,10 @@ import argparse
 import time
 from collections import Counter
 
-import torch
 from common import save_result
 
 from vlmlab import harness, zoo
 from vlmlab.data import evalsets
-from vlmlab.generation import asked, generate_text
 from vlmlab.tokenizer import load_tokenizer
 
 MODELS = ("frozen-prefix-shapes", "flamingo-shapes", "blip2-shapes", "llava-shapes")
@@ -34,15 +32,6 @@ def census(answers: list[str], truths: list[str]) -> dict:
             "most_common": Counter(absent).most_common(5)}
 
 
-@torch.no_grad()
-def answers_of(name: str, bench: evalsets.SceneBench, picked: list[int], tok) -> list[str]:
-    model, _ = zoo.load_model(name)
-    model.eval()
-    features = harness.image_features(model, bench.images)[[bench.question_scene[j] for j in picked]]
-    prompts = asked(model, "vqa", [bench.questions[j].question for j in picked])
-    return generate_text(model, tok, features, prompts, max_new_tokens=8)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -54,7 +43,7 @@ def main():
     picked = [j for j, qa in enumerate(bench.questions) if qa.qtype in ASKED]
     result = {"args": vars(args), "models": {}}
     for name in args.models:
-        answers = answers_of(name, bench, picked, tok)
+        answers = harness.vqa_answers(zoo.load_model(name)[0], tok, bench, picked)
         for qtype in ASKED:
             keep = [k for k, j in enumerate(picked) if bench.questions[j].qtype == qtype]
             result["models"].setdefault(name, {})[qtype] = census([answers[k] for k in keep],

@@ -157,25 +157,27 @@ def _captioner(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None)
     return out
 
 
+def vqa_answers(model, tokenizer, bench: SceneBench, keep: Sequence[int] | None = None) -> list[str]:
+    """Greedy answers to the questions of `bench` (all of them, or those at the indices `keep`), each asked about
+    its scene in the model's VQA prompt format (the question is the prompt): what the "vqa" suite scores."""
+    keep = range(len(bench.questions)) if keep is None else keep
+    features = image_features(model, bench.images)[[bench.question_scene[j] for j in keep]]
+    prompts = asked(model, "vqa", [bench.questions[j].question for j in keep])
+    return generate_text(model, tokenizer, features, prompts, max_new_tokens=8)
+
+
 def _vqa(model, tokenizer, bench: SceneBench, novel: Sequence[int] | None) -> dict[str, float]:
-    """Greedy answers to the questions (the question is the prompt): accuracy overall and by type; with `novel`,
-    the accuracy on the questions about those scenes."""
-    features = image_features(model, bench.images)[bench.question_scene]
-    answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in bench.questions]),
-                            max_new_tokens=8)
-    return _vqa_scores(answers, bench, novel)
+    """Greedy answers to the questions: accuracy overall and by type; with `novel`, the accuracy on the questions
+    about those scenes."""
+    return _vqa_scores(vqa_answers(model, tokenizer, bench), bench, novel)
 
 
 def absent_object_replies(model, tokenizer, bench: SceneBench) -> float:
     """How often a VQA model answers "there is no ..." about an object that is in the picture: its greedy answers to
-    the colour and size questions of `bench` (asked as the "vqa" suite asks), scored by `evaluate.absent_replies`.
-    Each of these questions names its object by its shape. Notebooks 05 and 09."""
+    the colour and size questions of `bench` (`vqa_answers`), scored by `evaluate.absent_replies`. Each of these
+    questions names its object by its shape. Notebooks 05 and 09."""
     keep = [j for j, qa in enumerate(bench.questions) if qa.qtype in ("color", "size")]
-    questions = [bench.questions[j] for j in keep]
-    features = image_features(model, bench.images[[bench.question_scene[j] for j in keep]])
-    answers = generate_text(model, tokenizer, features, asked(model, "vqa", [qa.question for qa in questions]),
-                            max_new_tokens=8)
-    return absent_replies(answers, questions)
+    return absent_replies(vqa_answers(model, tokenizer, bench, keep), [bench.questions[j] for j in keep])
 
 
 @torch.no_grad()
