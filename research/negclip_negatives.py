@@ -30,13 +30,13 @@ def per_visit_collate(tokenizer, max_length: int = 40):
     """`negatives_collate` with the negative drawn from the item's index and the whole batch's indices: a pure
     function of the batch, so a scene met again in another epoch (in another batch) gets a fresh draw."""
 
+    once_per_scene = negatives_collate(tokenizer, max_length=max_length)
+
     def collate(items: list[dict]) -> dict:
         batch_key = ",".join(str(it["index"]) for it in items)
-        for it in items:
-            it["negatives"] = [random.Random(f"negative:{it['index']}:{batch_key}").choice(it["all_negatives"])]
-        return fixed(items)
+        return once_per_scene([it | {"negatives": [random.Random(f"negative:{it['index']}:{batch_key}").choice(it["negatives"])]}
+                               for it in items])
 
-    fixed = negatives_collate(tokenizer, max_length=max_length)
     return collate
 
 
@@ -51,8 +51,6 @@ def main():
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", 30_000, paraphrase=True)
     items = [{"index": i, "image": train.images[i], "text": language.caption(s),
               "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
-    for it in items:
-        it["all_negatives"] = list(it["negatives"])
     collate = negatives_collate(tok, max_length=40) if args.draw == "fixed" else per_visit_collate(tok)
     batches = StepBatches(items, 256, collate, seed=args.seed + 1)
     model = zoo.load_model("clip-shapes")[0]

@@ -79,15 +79,25 @@ def probe(train_x, train_y, test_x, test_y, n_classes: int, test_small, hidden: 
             "small_objects": right[test_small].float().mean().item()}
 
 
-def last_block_shape(tower, seed: int, hidden: int, n_train: int = 4000, n_test: int = 1000) -> float:
-    """The shape probe on the occupied cells of the tower's last block: what `clip_patch_alignment.py` reports."""
+def scenes_and_patches(tower, seed: int, n_train: int, n_test: int):
+    """Training and test scenes of `seed`'s world and, for each set, `layer_patches` of their images."""
     world = shapes.ShapesWorld(seed=seed)
     train, test = world.scenes(n_train, "train"), world.scenes(n_test, "test")
-    (*_, x_train), (*_, x_test) = (layer_patches(tower, evalsets.images_of(s)) for s in (train, test))
+    return train, test, *(layer_patches(tower, evalsets.images_of(scenes)) for scenes in (train, test))
+
+
+def small_objects(scenes) -> torch.Tensor:
+    """[N * 9] bool: the cells that hold a small object."""
+    return cell_labels(scenes, "size").flatten() == shapes.SIZES.index("small")
+
+
+def last_block_shape(tower, seed: int, hidden: int, n_train: int = 4000, n_test: int = 1000) -> float:
+    """The shape probe on the occupied cells of the tower's last block: what `clip_patch_alignment.py` reports."""
+    train, test, (*_, x_train), (*_, x_test) = scenes_and_patches(tower, seed, n_train, n_test)
     y_train, y_test = cell_labels(train, "shape").flatten(), cell_labels(test, "shape").flatten()
-    small = cell_labels(test, "size").flatten() == shapes.SIZES.index("small")
     n_classes = len(shapes.SHAPES) + 1
-    return probe(x_train.flatten(0, 1), y_train, x_test.flatten(0, 1), y_test, n_classes, small, hidden)["occupied_cells"]
+    return probe(x_train.flatten(0, 1), y_train, x_test.flatten(0, 1), y_test, n_classes, small_objects(test),
+                 hidden)["occupied_cells"]
 
 
 def main():
@@ -95,7 +105,7 @@ def main():
     parser.add_argument("--tower", default="clip:clip-shapes",
                         help="clip:<a CLIP checkpoint> (its image tower) or vit:<a ViT backbone> (read at 48 px: its "
                              "position embeddings resized, as notebook 02 starts from the MAE)")
-    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=0, help="probe with a hidden layer of this width (0: linear)")
     parser.add_argument("--seed", type=int, default=0)
@@ -107,11 +117,9 @@ def main():
     tower = unimodal.vision_tower({"tower": kind, "name": name}).vit
     if kind == "vit":
         tower = resized_vit(tower, 48)
-    world = shapes.ShapesWorld(seed=args.seed)
-    train, test = world.scenes(args.train, "train"), world.scenes(args.test, "test")
-    train_layers, test_layers = layer_patches(tower, evalsets.images_of(train)), layer_patches(tower, evalsets.images_of(test))
+    train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test)
     result = {"args": vars(args), "layers": {}}
-    test_small = cell_labels(test, "size").flatten() == shapes.SIZES.index("small")
+    test_small = small_objects(test)
     for attribute, values in ATTRIBUTES.items():
         train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()
         for k, (tr, te) in enumerate(zip(train_layers, test_layers)):
