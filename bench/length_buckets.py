@@ -14,14 +14,12 @@ the median over pairs of the ratio cut / uncut, and the positions each computes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from common import compare, matmul_flops, quick_or_full, step_fn, write
 
 from vlmlab.data import language
 from vlmlab.data.language import IMAGE_TOKEN
-from vlmlab.data.loaders import StepBatches, indexed_collate, length_buckets
+from vlmlab.data.loaders import StepBatches, TextBatch, indexed_collate
 from vlmlab.data.shapes import ShapesWorld
 from vlmlab.lm import load_language_model
 from vlmlab.strategies import llava
@@ -31,8 +29,8 @@ SCENES, BATCH, VISUAL_DIM, N_VISUAL, SEED = 2000, 32, 96, 9, 0
 LOSS_TOLERANCE = 1e-5
 
 
-def instruction_batch(tokenizer, max_length: int) -> tuple[list[int], Callable, torch.Tensor]:
-    """Notebook 09's stage-2 data: (the first batch's chat indices, collate(indices) -> uncut batch, lengths [M])."""
+def instruction_chats(tokenizer, max_length: int) -> tuple[list[int], torch.Tensor, TextBatch]:
+    """Notebook 09's stage-2 data: (the first batch's chat indices, visual features [M, 9, 96], the chats' text)."""
     chats = []
     for scene in ShapesWorld(seed=SEED).scenes(SCENES, "train"):
         qa = language.sample_vqa(scene, 1, salt="train")[0]
@@ -40,9 +38,8 @@ def instruction_batch(tokenizer, max_length: int) -> tuple[list[int], Callable, 
                   [{"from": "human", "value": f"{IMAGE_TOKEN}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]]
     text = llava.encode_chats(tokenizer, chats, max_length=max_length)
     features = torch.randn(len(chats), N_VISUAL, VISUAL_DIM, generator=torch.Generator().manual_seed(SEED))
-    collate = indexed_collate(features, text, key="image_features")
     first = StepBatches(range(len(chats)), BATCH, lambda idx: idx, seed=SEED)(0)
-    return first, collate, text.attention_mask.sum(dim=1)
+    return first, features, text
 
 
 def main() -> None:
@@ -52,11 +49,12 @@ def main() -> None:
     lm = load_language_model({"name": "tiny-lm", "sha256": None})
     config = llava.Config(projector="mlp", visual_dim=VISUAL_DIM, n_visual=N_VISUAL,
                           image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), lm=lm.ref)
-    idx, collate, lengths = instruction_batch(tok, max_length=lm.max_len - (N_VISUAL - 1))
-    uncut = collate(idx)
+    idx, features, text = instruction_chats(tok, max_length=lm.max_len - (N_VISUAL - 1))
+    lengths = text.attention_mask.sum(dim=1)
+    uncut = indexed_collate(features, text, key="image_features")(idx)
     rows = []
     for n in (2, 4):
-        cut = {"buckets": [collate(group.tolist()) for group in length_buckets(torch.tensor(idx), lengths, n)]}
+        cut = indexed_collate(features, text, key="image_features", buckets=n)(idx)
         models = [llava.instruction_tuning(llava.Llava(config, lm=lm)) for _ in range(2)]
         models[1].load_state_dict(models[0].state_dict())
         with torch.no_grad():

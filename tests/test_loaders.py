@@ -101,6 +101,23 @@ def test_indexed_collate_trims_padding_to_the_batch(tok):
         indexed_collate(images, encode_texts(tok, ["a", "b"]))
 
 
+def test_indexed_collate_in_length_buckets_keeps_every_row_with_its_input(tok):
+    features = torch.arange(4.0).view(4, 1, 1)
+    text = encode_texts(tok, ["a star", "a large red star left of a small blue circle", "a circle", "a small red star"])
+    whole = indexed_collate(features, text, key="image_features")([0, 1, 2, 3])
+    cut = indexed_collate(features, text, key="image_features", buckets=2)([0, 1, 2, 3])["buckets"]
+    assert [b["index"].tolist() for b in cut] == [[0, 2], [3, 1]]  # the two shortest texts, then the two longest
+    for b in cut:
+        idx = b["index"]
+        assert torch.equal(b["image_features"], features[idx])
+        width = int(text.attention_mask[idx].sum(1).max())
+        assert torch.equal(b["input_ids"], whole["input_ids"][idx, :width]) and b["attention_mask"][:, -1].any()
+    assert sum(b["input_ids"].numel() for b in cut) < whole["input_ids"].numel()
+    assert len(indexed_collate(features, text, buckets=4)([1, 2])["buckets"]) == 2  # no more buckets than items
+    with pytest.raises(ValueError, match="buckets=0"):
+        indexed_collate(features, text, buckets=0)
+
+
 def test_indexed_collate_under_another_key_with_several_texts_per_input(tok):
     features = torch.randn(2, 9, 20)
     text = encode_texts(tok, ["a star", "a circle", "is there a star?", "two"])

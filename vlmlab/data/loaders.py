@@ -152,27 +152,6 @@ def vqa_collate(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dict]
     return collate
 
 
-def indexed_collate(inputs: torch.Tensor, text: TextBatch, key: str = "images",
-                    rows: torch.Tensor | None = None) -> Callable[[list[int]], dict]:
-    """Collate item indices into pre-computed inputs (rendered images [N, 3, H, W] under "images", or what a frozen
-    tower made of them under "image_features") and pre-tokenised texts, trimming the padding to the longest text of
-    the batch. `rows` [M] (optional) says which input row each of M texts belongs to (several texts per image);
-    by default text i goes with input i. With `StepBatches(range(M), ...)` this skips per-batch tokenisation, which
-    matters when a training step takes milliseconds. Introduced in notebook 02."""
-    rows = torch.arange(len(inputs)) if rows is None else rows
-    if len(rows) != len(text.input_ids):
-        raise ValueError(f"{len(rows)} inputs but {len(text.input_ids)} texts")
-
-    def collate(indices: list[int]) -> dict:
-        idx = torch.tensor(indices)
-        mask = text.attention_mask[idx]
-        width = int(mask.sum(dim=1).max())
-        return {key: inputs[rows[idx]], "index": idx, "input_ids": text.input_ids[idx, :width],
-                "attention_mask": mask[:, :width], "labels": text.labels[idx, :width]}
-
-    return collate
-
-
 def length_buckets(indices: torch.Tensor, lengths: torch.Tensor, n: int) -> list[torch.Tensor]:
     """Cut one batch's item indices into n groups of similar length (shortest first), so that each group is
     padded only to its own longest row. lengths [N]: every item's length. Introduced in notebook 03."""
@@ -180,6 +159,36 @@ def length_buckets(indices: torch.Tensor, lengths: torch.Tensor, n: int) -> list
         raise ValueError(f"n={n} buckets must be between 1 and the batch size {len(indices)}")
     order = lengths[indices].argsort(stable=True)
     return list(indices[order].chunk(n))
+
+
+def indexed_collate(inputs: torch.Tensor, text: TextBatch, key: str = "images",
+                    rows: torch.Tensor | None = None, buckets: int = 1) -> Callable[[list[int]], dict]:
+    """Collate item indices into pre-computed inputs (rendered images [N, 3, H, W] under "images", or what a frozen
+    tower made of them under "image_features") and pre-tokenised texts, trimming the padding to the longest text of
+    the batch. `rows` [M] (optional) says which input row each of M texts belongs to (several texts per image);
+    by default text i goes with input i. With `StepBatches(range(M), ...)` this skips per-batch tokenisation, which
+    matters when a training step takes milliseconds. Introduced in notebook 02. With buckets > 1 the batch comes
+    cut into that many groups of similar length ({"buckets": [batch, ...]}, `length_buckets`, notebook 03), each
+    trimmed to its own longest text (at most as many buckets as the batch has items)."""
+    rows = torch.arange(len(inputs)) if rows is None else rows
+    if len(rows) != len(text.input_ids):
+        raise ValueError(f"{len(rows)} inputs but {len(text.input_ids)} texts")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"buckets={buckets!r} must be an int >= 1")
+    lengths = text.attention_mask.sum(dim=1)  # [M]
+
+    def one(idx: torch.Tensor) -> dict:
+        width = int(lengths[idx].max())
+        return {key: inputs[rows[idx]], "index": idx, "input_ids": text.input_ids[idx, :width],
+                "attention_mask": text.attention_mask[idx, :width], "labels": text.labels[idx, :width]}
+
+    def collate(indices: list[int]) -> dict:
+        idx = torch.tensor(indices)
+        if buckets == 1:
+            return one(idx)
+        return {"buckets": [one(group) for group in length_buckets(idx, lengths, min(buckets, len(idx)))]}
+
+    return collate
 
 
 class StepBatches:

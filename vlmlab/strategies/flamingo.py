@@ -329,8 +329,9 @@ def interleaved_sequences(scenes: list[Scene], n: int, seed: int = 0, max_images
 def interleaved_collate(features: torch.Tensor, text: TextBatch, images: torch.Tensor, buckets: int = 1):
     """Collate sequence indices: image_features [B, max_images, N, Dv] gathered from features [S, N, Dv] by
     images [n, max_images] (-1 = no image: zeros, which no token looks at), and the tokenised text trimmed to the
-    longest row. With buckets > 1 the batch comes cut into that many groups of similar length, each trimmed to its
-    own longest row (`loaders.length_buckets`; `protocols.caption_loss` weighs them back together). Notebook 05."""
+    longest row. With buckets > 1 the batch comes cut into that many groups of similar length (at most one per
+    sequence), each trimmed to its own longest row (`loaders.length_buckets`; `protocols.caption_loss` weighs them
+    back together). Notebook 05."""
     lengths = text.attention_mask.sum(dim=1)
 
     def rows(idx: torch.Tensor) -> dict:
@@ -342,7 +343,9 @@ def interleaved_collate(features: torch.Tensor, text: TextBatch, images: torch.T
 
     def collate(indices: list[int]) -> dict:
         idx = torch.tensor(indices)
-        return rows(idx) if buckets == 1 else {"buckets": [rows(group) for group in length_buckets(idx, lengths, buckets)]}
+        if buckets == 1:
+            return rows(idx)
+        return {"buckets": [rows(group) for group in length_buckets(idx, lengths, min(buckets, len(idx)))]}
 
     return collate
 
