@@ -1,5 +1,5 @@
 """What cutting a batch into length buckets buys a training step (`loaders.length_buckets`, introduced in notebook 03;
-used by notebook 09's stages), DESIGN.md §7.
+used by notebooks 05 and 09), DESIGN.md §7.
 
 Run from bench/: `../.venv/bin/python length_buckets.py` (`--quick`: a few steps only, to check that it runs; it
 writes length_buckets_quick.json). The model is notebook 09's stage 2: the shipped tiny LM (training) behind an MLP
