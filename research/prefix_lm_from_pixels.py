@@ -44,6 +44,7 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n-train", dest="n_train", type=int, default=24_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
+    p.add_argument("--buckets", type=int, default=2, help="length buckets per batch (notebook 03 cuts each batch in 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     args = p.parse_args()
@@ -64,7 +65,8 @@ def main():
         vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
         model.stem = PatchTokens(vit)
 
-    batches = StepBatches(range(len(prompts)), args.batch, indexed_collate(images, text, rows=scene_of), seed=args.seed)
+    batches = StepBatches(range(len(prompts)), args.batch, indexed_collate(images, text, rows=scene_of, buckets=args.buckets),
+                          seed=args.seed)
     start = time.perf_counter()
     fit(model, prefix_lm.batch_loss, batches, steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
