@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmlab.data.loaders import encode_texts, to_float
+from vlmlab.encoders import resize
+from vlmlab.nn import ViT, ViTConfig, resized_vit
 from vlmlab.strategies import asif
 
 
@@ -102,7 +104,7 @@ def test_nothing_in_asif_can_train(colour_asif):
     assert asif.batch_loss is None
 
 
-@pytest.mark.parametrize("bad", [{"k_image": 0}, {"p": 0.0}, {"k_text": 2.5}, {"n_anchors": -1}])
+@pytest.mark.parametrize("bad", [{"k_image": 0}, {"p": 0.0}, {"k_text": 2.5}, {"n_anchors": -1}, {"image_size": 0}])
 def test_config_rejects_bad_values_by_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         asif.Config(**bad)
@@ -111,3 +113,18 @@ def test_config_rejects_bad_values_by_name(bad):
 def test_anchor_sets_must_pair_up(colour_asif):
     with pytest.raises(ValueError, match="anchors"):
         colour_asif.with_anchor_vectors(torch.zeros(3, 3), torch.zeros(2, 32))
+
+
+def test_mean_patches_reads_the_pictures_at_its_size_without_touching_the_vit():
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=32, depth=1, n_heads=2)).eval()
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    same, smaller = asif.MeanPatches(vit), asif.MeanPatches(vit, 48)
+    assert same.vit is vit and smaller.vit.config.image_size == 48 and smaller.vit.grid == (3, 3)
+    torch.testing.assert_close(same(pixels), vit(pixels).patches.mean(dim=1))
+    expected = resized_vit(vit, 48)(resize(pixels, 48, bounds=(-1.0, 1.0))).patches.mean(dim=1)  # 9 patches, averaged
+    torch.testing.assert_close(smaller(pixels), expected)
+    assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())  # the loaded ViT is not changed
+    with pytest.raises(ValueError, match="image_size"):
+        asif.MeanPatches(vit, 50)  # not a multiple of the 16 px patches

@@ -32,7 +32,9 @@ from torch import nn
 from .. import harness
 from ..data.evalsets import DualEncoderBench
 from ..data.loaders import encode_texts, to_float
+from ..encoders import resize
 from ..frozen import FrozenParts, freeze
+from ..nn import ViT, resized_vit
 from ..params import SavedConfig, is_int, is_number, require
 from ..protocols import cosine_score
 from ..unimodal import load
@@ -42,7 +44,8 @@ from ..unimodal import load
 class Config(SavedConfig):
     """How ASIF compares: `k_image` / `k_text` anchors kept per image / text, the power `p`, and the two frozen
     encoders' checkpoints ({"name", "sha256"}; tiny-vit-* images, tiny-bert texts). `n_anchors`: the anchor set's
-    size (it is the model's state). `image_dim` / `text_dim`: the encoders' vector widths."""
+    size (it is the model's state). `image_dim` / `text_dim`: the encoders' vector widths. `image_size`: the size the
+    image encoder reads the pictures at (None: the size it was trained at; notebook 07 reads the MAE at 48 px)."""
 
     k_image: int = 5
     k_text: int = 20_000
@@ -51,6 +54,7 @@ class Config(SavedConfig):
     image_dim: int = 96
     text_dim: int = 128
     text_len: int = 48
+    image_size: int | None = None
     image: dict | None = None
     text: dict | None = None
 
@@ -60,17 +64,22 @@ class Config(SavedConfig):
             require(is_int(value) and value >= 1, name, value, "an integer >= 1")
         require(is_int(self.n_anchors) and self.n_anchors >= 0, "n_anchors", self.n_anchors, "an integer >= 0")
         require(is_number(self.p) and self.p > 0, "p", self.p, "a number > 0")
+        require(self.image_size is None or (is_int(self.image_size) and self.image_size >= 1), "image_size",
+                self.image_size, "None or an integer >= 1")
 
 
 class MeanPatches(nn.Module):
     """A ViT's image vector: the mean of its patch vectors (MAE's global average pooling, used instead of a CLS
-    token that masked-image modelling never trains). pixels [B, 3, H, W] -> [B, D]."""
+    token that masked-image modelling never trains), the pictures read at `image_size` px (None: the ViT's own
+    size; another size resizes the pictures and the ViT's position grid, `vlmlab.nn.resized_vit`).
+    pixels [B, 3, H, W] -> [B, D]."""
 
-    def __init__(self, vit: nn.Module):
+    def __init__(self, vit: ViT, image_size: int | None = None):
         super().__init__()
-        self.vit = vit
+        self.vit = vit if image_size in (None, vit.config.image_size) else resized_vit(vit, image_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = resize(pixels, self.vit.config.image_size, bounds=(-1.0, 1.0))  # [B, 3, S, S]
         return self.vit(pixels).patches.mean(dim=1)
 
 
@@ -124,7 +133,7 @@ class ASIF(FrozenParts):
         super().__init__()
         c = self.config = config
         if image_encoder is None:
-            image_encoder = MeanPatches(load(c.image["name"], c.image["sha256"])[0])
+            image_encoder = MeanPatches(load(c.image["name"], c.image["sha256"])[0], c.image_size)
         if text_encoder is None:
             text_encoder = MeanWordEmbedding(load(c.text["name"], c.text["sha256"])[0])
         self.image_encoder, self.text_encoder = freeze(image_encoder), freeze(text_encoder)
