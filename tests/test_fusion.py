@@ -203,3 +203,19 @@ def test_init_from_vit_copies_what_reads_the_image_where_shapes_match(tok):
     assert "image_layers.0.mlp.fc.weight" not in copied and not any(n.startswith("text_layers") for n in copied)
     regions = tiny(tok, image="regions")
     assert not any(n.startswith("image_embed") for n in fusion.init_from_vit(regions, vit))
+
+
+def test_a_model_reading_48_px_resizes_the_scenes_and_starts_from_the_vit_moved_to_its_grid(tok):
+    from vlmlab.encoders import resize
+    from vlmlab.nn import ViT, ViTConfig, resized_vit
+
+    torch.manual_seed(1)
+    vit = ViT(ViTConfig(image_size=64, patch_size=16, dim=32, depth=2, n_heads=2))
+    model = tiny(tok, image_size=48, patch_size=16)
+    assert model.config.n_image_tokens == 10  # a 3 x 3 grid of patches and the image [CLS]
+    copied = fusion.init_from_vit(model, vit)
+    assert "image_embed.pos" in copied  # the 4 x 4 grid of positions, resized to 3 x 3
+    assert_close(model.image_embed.pos, resized_vit(vit, 48).pos_embed)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1  # the world's 64 px scenes
+    assert_close(model.image_embed(pixels), model.image_embed(resize(pixels, 48, bounds=(-1.0, 1.0))))
+    assert model.image_embed(pixels).shape == (2, 10, 32)

@@ -40,11 +40,12 @@ from ..data.evalsets import FusionBench
 from ..data.language import caption, hard_negatives
 from ..data.loaders import IGNORE_INDEX, TextBatch, indexed_collate
 from ..data.shapes import Scene
+from ..encoders import resize
 from ..frozen import FrozenParts
 from ..harness import suite
 from ..hf_convert import load_exactly
 from ..mlm import MLMHead, mask_tokens
-from ..nn import Block, PatchEmbed, ViT, _init_weights
+from ..nn import Block, PatchEmbed, ViT, _init_weights, resized_vit
 from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import batch_image_features, cosine_score
 from ..unimodal import vision_tower
@@ -128,8 +129,9 @@ class TextEmbedding(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    """ViLT's image embedding: each raw 16x16 patch through one linear map (a stride-16 convolution), an image [CLS]
-    in front, learned positions. pixels [B, 3, H, W] -> [B, 1 + N, D]. Notebook 06."""
+    """ViLT's image embedding: the pictures resized to `image_size` (48 px: one 16 px patch per cell of the world),
+    each raw 16x16 patch through one linear map (a stride-16 convolution), an image [CLS] in front, learned
+    positions. pixels [B, 3, H, W] -> [B, 1 + N, D]. Notebook 06."""
 
     def __init__(self, c: Config):
         super().__init__()
@@ -140,7 +142,7 @@ class PatchEmbedding(nn.Module):
         nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patches(pixels)  # [B, N - 1, D]
+        x = self.patches(resize(pixels, self.patches.image_size, bounds=(-1.0, 1.0)))  # [B, N - 1, D]
         return torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos  # [B, N, D]
 
 
@@ -469,8 +471,11 @@ def init_from_vit(model: Fusion, vit: ViT) -> list[str]:
     patch projection, image [CLS] and positions (patch models), then each block that reads the image takes the ViT
     block at its depth (single stream: the image's unimodal blocks, then the fusion layers; two streams: the image
     stream), tensor by tensor where the shapes match. Everything else keeps its fresh weights: the text embedding, the
-    modality embeddings, cross-attention, pooler and heads. Returns the names of the tensors copied. Notebook 06."""
+    modality embeddings, cross-attention, pooler and heads. A ViT trained at another image size is first moved to the
+    model's (`vlmlab.nn.resized_vit`: its grid of positions resized). Returns the names of the tensors copied. Notebook 06."""
     c = model.config
+    if c.image == "patches" and vit.config.image_size != c.image_size:
+        vit = resized_vit(vit, c.image_size)
     pairs = [] if c.image == "regions" else [("image_embed.patches.proj.weight", "patch_embed.proj.weight"),
                                              ("image_embed.patches.proj.bias", "patch_embed.proj.bias"),
                                              ("image_embed.cls", "cls_token"), ("image_embed.pos", "pos_embed")]
