@@ -4,6 +4,7 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --image conv               # the notebook's PixelStem, from scratch
     python research/prefix_lm_from_pixels.py --image tiny-clip-vit      # notebook 02's CLIP image tower, trained on
     python research/prefix_lm_from_pixels.py --image tiny-vit-mae       # notebook 01's MAE ViT, trained on
+    python research/prefix_lm_from_pixels.py --image-size 48            # the stem reads 48 px: a 3 x 3 grid, one per cell
 
 A ViT start gives its 16 patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -13,7 +14,7 @@ import argparse
 import time
 
 import torch
-from common import save_result
+from common import resized, save_result
 from torch import nn
 
 from vlmlab import backbones, evaluate, harness, unimodal
@@ -45,20 +46,22 @@ def main():
     p.add_argument("--n-train", dest="n_train", type=int, default=24_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
     p.add_argument("--buckets", type=int, default=2, help="length buckets per batch (notebook 03 cuts each batch in 2)")
+    p.add_argument("--image-size", dest="image_size", type=int, default=64,
+                   help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     args = p.parse_args()
 
     tok = load_tokenizer()
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
-    images = evalsets.images_of(scenes)
+    images = resized(evalsets.images_of(scenes), args.image_size)
     qas = [qa for s in scenes for qa in language.sample_vqa(s, 3, salt="train")]
     prompts, targets = prefix_lm.training_texts([language.caption(s) for s in scenes], qas, seed=args.seed)
     scene_of = torch.cat([torch.arange(len(scenes)), torch.arange(len(scenes)).repeat_interleave(3)])
     text = encode_texts(tok, prompts, targets, max_length=32)
 
-    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=16, text_len=32, dim=128, depth=4,
-                              n_heads=4, stem="conv")
+    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=(args.image_size // 16) ** 2, text_len=32,
+                              dim=128, depth=4, n_heads=4, stem="conv")
     torch.manual_seed(args.seed)
     model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
     if args.image != "conv":
@@ -72,7 +75,7 @@ def main():
     train_s = time.perf_counter() - start
 
     test = evalsets.generation_scenes(args.seed, args.n_eval)
-    features = harness.image_features(model, evalsets.images_of(test))
+    features = harness.image_features(model, resized(evalsets.images_of(test), args.image_size))
     captions = evaluate.caption_scores(generate_text(model, tok, features), test)
     q_index, test_qas = evalsets.vqa_questions(test, k=3)
     answers = generate_text(model, tok, features[q_index], [qa.question for qa in test_qas], max_new_tokens=8)
