@@ -61,7 +61,7 @@ def main():
     text = encode_texts(tok, prompts, targets, max_length=32)
 
     config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=(args.image_size // 16) ** 2, text_len=32,
-                              dim=128, depth=4, n_heads=4, stem="conv")
+                              dim=128, depth=4, n_heads=4, stem="conv", image_size=args.image_size)
     torch.manual_seed(args.seed)
     model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
     if args.image != "conv":

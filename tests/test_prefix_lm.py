@@ -9,6 +9,7 @@ from vlmlab import zoo
 from vlmlab.attention import prefix_mask
 from vlmlab.data.language import QA
 from vlmlab.data.loaders import IGNORE_INDEX, encode_texts, length_buckets
+from vlmlab.encoders import resize
 from vlmlab.generation import continuation_logprob, generate_text
 from vlmlab.nn import CausalLM, TextConfig
 from vlmlab.strategies import prefix_lm as P
@@ -187,13 +188,13 @@ def test_a_saved_captioner_keeps_no_vision_tower_and_pins_it(tiny_zoo, tmp_path)
 
 def test_a_pixel_stem_learns_with_the_model_and_is_saved_with_it(tok, tmp_path):
     """SimVLM's way (notebook 03's main run): the image tokens come from a stem that trains and is kept in the
-    checkpoint, [B, 3, 64, 64] -> [B, 16, vision_dim], one token per 16 px patch."""
-    config = P.Config(vocab_size=len(tok), vision_dim=24, n_image_tokens=16, text_len=24, dim=32, depth=2, n_heads=2,
+    checkpoint, [B, 3, 64, 64] -> [B, 9, vision_dim] at 48 px, one token per cell."""
+    config = P.Config(vocab_size=len(tok), vision_dim=24, n_image_tokens=9, text_len=24, dim=32, depth=2, n_heads=2,
                       stem="conv")
     torch.manual_seed(0)
     model = P.PrefixLM(config)
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
-    assert model.image_features(pixels).shape == (2, 16, 24)
+    assert model.image_features(pixels).shape == (2, 9, 24)
     text = encode_texts(tok, ["", "what color is the star?"], ["a large red star", "red"], max_length=24)
     batch = {"images": (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8), "input_ids": text.input_ids,
              "attention_mask": text.attention_mask, "labels": text.labels}
@@ -202,7 +203,22 @@ def test_a_pixel_stem_learns_with_the_model_and_is_saved_with_it(tok, tmp_path):
     path = zoo.save_model("p", model.eval(), {}, strategy="prefix_lm", root=tmp_path, dtype=None)
     assert any(k.startswith("stem.") for k in zoo.load_checkpoint(path)[0])
     back, _ = zoo.load_model("p", root=tmp_path)
+    assert back.config.image_size == 48
     torch.testing.assert_close(back.image_features(pixels), model.image_features(pixels))
+
+
+def test_the_stem_reads_the_scenes_at_its_image_size():
+    """The stem resizes what it is given: 64 px input equals input resized beforehand; 64 px keeps a 4 x 4 grid."""
+    torch.manual_seed(0)
+    stem = P.PixelStem(8, image_size=48)
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(stem(pixels), stem(resize(pixels, 48, bounds=(-1.0, 1.0))))
+    assert stem(pixels).shape == (3, 9, 8) and P.PixelStem(8, image_size=64)(pixels).shape == (3, 16, 8)
+    assert P.Config(stem="conv", image_size=64, n_image_tokens=16).image_size == 64
+    with pytest.raises(ValueError, match="image_size"):
+        P.Config(stem="conv", image_size=40)
+    with pytest.raises(ValueError, match="n_image_tokens.*16"):
+        P.Config(stem="conv", image_size=64, n_image_tokens=9)
 
 
 def test_image_tokens_come_from_a_stem_or_a_tower_not_both():

@@ -8,7 +8,8 @@ prefix both ways and writes the continuation one token at a time. Introduced in 
 One model does several tasks by choosing the prefix: an empty prefix is captioning, a question is VQA, "a
 large red" is caption completion. SimVLM trains with a random split point: any first part of a caption can be
 the prefix. The image tokens come either from pixels, through a small convolutional stem trained with the whole
-model (`config.stem="conv"`, `PixelStem`: SimVLM's way, notebook 03's main run), or from a frozen vision tower
+model (`config.stem="conv"`, `PixelStem`: SimVLM's way, notebook 03's main run; it reads the scenes at
+`config.image_size`, 48 px by default, one token per cell of the world), or from a frozen vision tower
 (`config.vision`, a `unimodal.vision_tower` spec), e.g. notebook 01's detector regions, computed once (the
 VisualBERT-era comparison arm). A linear layer maps them to the language model's width.
 
@@ -32,6 +33,7 @@ from ..attention import padding_mask, prefix_mask
 from ..data.evalsets import SceneBench
 from ..data.language import QA
 from ..data.loaders import IGNORE_INDEX
+from ..encoders import resize
 from ..frozen import FrozenParts
 from ..harness import suite
 from ..lm import default_positions, splice_visual
@@ -53,12 +55,20 @@ class Config(SavedConfig):
     dropout: float = 0.0
     vision: dict | None = None  # the frozen vision tower (`unimodal.vision_tower` spec); None: features are given
     stem: str | None = None  # "conv": image tokens learned from pixels by a PixelStem trained with the model
+    image_size: int = 48  # the stem reads the scenes resized to this: 48 px gives one 16 px token per cell
 
     def __post_init__(self):
-        require_positive_ints(self, ("vocab_size", "vision_dim", "n_image_tokens", "text_len", "dim", "depth", "n_heads"))
+        require_positive_ints(self, ("vocab_size", "vision_dim", "n_image_tokens", "text_len", "dim", "depth", "n_heads",
+                                     "image_size"))
         require(self.stem in (None, "conv"), "stem", self.stem, "None or 'conv'")
         require(self.stem is None or self.vision is None, "stem", self.stem,
                 "None when a frozen vision tower is given: the image tokens come from one or the other")
+        if self.stem == "conv":
+            require(self.image_size % PixelStem.PATCH == 0, "image_size", self.image_size,
+                    f"a multiple of the stem's {PixelStem.PATCH} px patch")
+            grid = self.image_size // PixelStem.PATCH
+            require(self.n_image_tokens == grid * grid, "n_image_tokens", self.n_image_tokens,
+                    f"{grid * grid}: the stem's {grid} x {grid} patches at image_size={self.image_size}")
 
     def text_config(self, **changes) -> TextConfig:
         """The transformer's TextConfig: one position table for image tokens and text together."""
@@ -67,20 +77,25 @@ class Config(SavedConfig):
 
 
 class PixelStem(nn.Module):
-    """SimVLM's learned image stem, at this world's size: two stride-2 3x3 convolutions (the early layers that find
-    edges and corners) and a 4 x 4 patchify, [B, 3, 64, 64] -> [B, 16, width], one token per 16 px patch, trained
-    with the whole model. Introduced in notebook 03."""
+    """SimVLM's learned image stem, at this world's size: the scenes resized to `image_size`, two stride-2 3x3
+    convolutions (the early layers that find edges and corners) and a 4 x 4 patchify, one token per 16 px patch:
+    [B, 3, 64, 64] -> [B, 9, width] at image_size 48, where each patch is one cell of the 3 x 3 grid. Trained with
+    the whole model. Introduced in notebook 03."""
 
-    def __init__(self, width: int, channels: tuple[int, int] = (32, 64)):
+    PATCH = 16  # pixels per token side: 2 x 2 x 4
+
+    def __init__(self, width: int, image_size: int = 48, channels: tuple[int, int] = (32, 64)):
         super().__init__()
         a, b = channels
-        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, 32, 32]
-                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, 16, 16]
-                                 nn.Conv2d(b, width, 4, 4))  # [B, width, 4, 4]: one vector per 16 px patch
+        self.image_size = image_size
+        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, S/2, S/2]
+                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/4, S/4]
+                                 nn.Conv2d(b, width, 4, 4))  # [B, width, S/16, S/16]: one vector per 16 px patch
         self.norm = nn.LayerNorm(width)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.net(pixels).flatten(2).transpose(1, 2))  # [B, 16, width]
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))  # [B, 3, S, S], S = image_size
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))  # [B, (S/16)^2, width]
 
 
 class ImageConditionedLM(FrozenParts):
@@ -92,7 +107,7 @@ class ImageConditionedLM(FrozenParts):
     def __init__(self, config: Config, vision: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.stem = PixelStem(config.vision_dim) if config.stem == "conv" else None  # learns with the model
+        self.stem = PixelStem(config.vision_dim, config.image_size) if config.stem == "conv" else None  # learns too
         self.visual = nn.Linear(config.vision_dim, config.dim)  # image features -> the LM's width
         self.vision = vision
 
