@@ -5,6 +5,7 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --image tiny-clip-vit      # notebook 02's CLIP image tower, trained on
     python research/prefix_lm_from_pixels.py --image tiny-vit-mae       # notebook 01's MAE ViT, trained on
     python research/prefix_lm_from_pixels.py --image-size 48            # the stem reads 48 px: a 3 x 3 grid, one per cell
+    python research/prefix_lm_from_pixels.py --stem-channels 64,128     # a wider stem
 
 A ViT start gives its 16 patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -48,6 +49,8 @@ def main():
     p.add_argument("--buckets", type=int, default=2, help="length buckets per batch (notebook 03 cuts each batch in 2)")
     p.add_argument("--image-size", dest="image_size", type=int, default=64,
                    help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
+    p.add_argument("--stem-channels", dest="stem_channels", default="32,64",
+                   help="the conv stem's two widths before the patchify (notebook 03: 32,64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     args = p.parse_args()
@@ -64,6 +67,9 @@ def main():
                               dim=128, depth=4, n_heads=4, stem="conv", image_size=args.image_size)
     torch.manual_seed(args.seed)
     model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
+    channels = tuple(int(c) for c in args.stem_channels.split(","))
+    if args.image == "conv" and channels != (32, 64):
+        model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
     if args.image != "conv":
         vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
         model.stem = PatchTokens(vit)
