@@ -7,6 +7,7 @@ Q-Former (08) and the projector (09) can only read what these vectors hold.
     python research/patch_probe.py --tower clip:negclip-shapes
     python research/patch_probe.py --tower vit:tiny-vit-mae     # the MAE notebook 02 starts from
     python research/patch_probe.py --hidden 512         # a one-hidden-layer probe: what a nonlinear reader finds
+    python research/patch_probe.py --tower stem:prefixlm-shapes   # notebook 03's stem, learned from captions
 
 The first row is the control: the same probe on each cell's own pixels, as the tower reads them (48 px).
 Probes: softmax regression (or an MLP, `--hidden`) on the patch vectors of `--train` training scenes (9 per scene, one
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from common import save_result
 
-from vlmlab import unimodal
+from vlmlab import unimodal, zoo
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import to_float
 from vlmlab.encoders import resize
@@ -57,6 +58,18 @@ def layer_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
     return [torch.cat(o) for o in out]
 
 
+@torch.no_grad()
+def stem_patches(stem, images: torch.Tensor) -> list[torch.Tensor]:
+    """The same for notebook 03's learned PixelStem: each cell's pixels at the stem's size, then its 9 tokens."""
+    out = [[], []]
+    patch = stem.PATCH
+    for chunk in images.split(500):
+        pixels = resize(to_float(chunk), stem.image_size, bounds=(-1.0, 1.0))  # [B, 3, 48, 48]
+        out[0].append(F.unfold(pixels, patch, stride=patch).transpose(1, 2))  # [B, 9, 3 * 16 * 16]
+        out[1].append(stem(pixels))  # [B, 9, width]
+    return [torch.cat(o) for o in out]
+
+
 def probe(train_x, train_y, test_x, test_y, n_classes: int, test_small, hidden: int = 0) -> dict[str, float]:
     """Accuracy of a softmax regression (or, with `hidden`, a one-hidden-layer MLP) on all test cells, on the
     occupied ones, and on those with a small object. Adam on minibatches of 1,024 cells, 1,500 steps."""
@@ -79,11 +92,11 @@ def probe(train_x, train_y, test_x, test_y, n_classes: int, test_small, hidden: 
             "small_objects": right[test_small].float().mean().item()}
 
 
-def scenes_and_patches(tower, seed: int, n_train: int, n_test: int):
-    """Training and test scenes of `seed`'s world and, for each set, `layer_patches` of their images."""
+def scenes_and_patches(tower, seed: int, n_train: int, n_test: int, read=layer_patches):
+    """Training and test scenes of `seed`'s world and, for each set, `read(tower, images)` of their images."""
     world = shapes.ShapesWorld(seed=seed)
     train, test = world.scenes(n_train, "train"), world.scenes(n_test, "test")
-    return train, test, *(layer_patches(tower, evalsets.images_of(scenes)) for scenes in (train, test))
+    return train, test, *(read(tower, evalsets.images_of(scenes)) for scenes in (train, test))
 
 
 def small_objects(scenes) -> torch.Tensor:
@@ -103,8 +116,9 @@ def last_block_shape(tower, seed: int, hidden: int, n_train: int = 4000, n_test:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tower", default="clip:clip-shapes",
-                        help="clip:<a CLIP checkpoint> (its image tower) or vit:<a ViT backbone> (read at 48 px: its "
-                             "position embeddings resized, as notebook 02 starts from the MAE)")
+                        help="clip:<a CLIP checkpoint> (its image tower), vit:<a ViT backbone> (read at 48 px: its "
+                             "position embeddings resized, as notebook 02 starts from the MAE) or stem:<a PrefixLM "
+                             "checkpoint> (notebook 03's PixelStem, learned from captions and questions)")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=0, help="probe with a hidden layer of this width (0: linear)")
@@ -114,17 +128,20 @@ def main():
     torch.manual_seed(args.seed)
     start = time.time()
     kind, name = args.tower.split(":")
-    tower = unimodal.vision_tower({"tower": kind, "name": name}).vit
+    if kind == "stem":
+        tower, read = zoo.load_model(name)[0].stem.eval(), stem_patches
+    else:
+        tower, read = unimodal.vision_tower({"tower": kind, "name": name}).vit, layer_patches
     if kind == "vit":
         tower = resized_vit(tower, 48)
-    train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test)
+    train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test, read)
     result = {"args": vars(args), "layers": {}}
     test_small = small_objects(test)
     for attribute, values in ATTRIBUTES.items():
         train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()
         for k, (tr, te) in enumerate(zip(train_layers, test_layers)):
             scores = probe(tr.flatten(0, 1), train_y, te.flatten(0, 1), test_y, len(values) + 1, test_small, args.hidden)
-            layer = f"block {k}" if k else "pixels"
+            layer = ("stem" if kind == "stem" else f"block {k}") if k else "pixels"
             result["layers"].setdefault(layer, {})[attribute] = {key: round(v, 3) for key, v in scores.items()}
             print(layer, attribute, {key: round(v, 3) for key, v in scores.items()}, flush=True)
     result["seconds"] = round(time.time() - start, 1)
