@@ -16,6 +16,9 @@ side holds, whatever the text side makes of it).
     python research/clip_patch_alignment.py --canonical          # its control: the canonical captions, no negatives
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --freeze-patch-embed
         # the main run with the MAE's patch projection kept as it starts
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --caption-weight 1
+        # CoCa's idea: the same run with a captioning loss added, a PrefixLM (notebook 03's, started from the tiny
+        # GPT) writing each scene's canonical caption from the image tower's 9 patch vectors
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from common import resized, save_result
 from patch_probe import last_block_shape
+from prefix_lm_from_pixels import PatchTokens
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -38,7 +42,8 @@ from vlmlab import harness, unimodal, zoo
 from vlmlab import nn as vnn
 from vlmlab.data import evalsets, language, shapes
 from vlmlab.data.loaders import ShapesDataset, StepBatches, encode_texts, indexed_collate, negatives_collate, to_float
-from vlmlab.strategies import clip
+from vlmlab.protocols import caption_loss
+from vlmlab.strategies import clip, prefix_lm
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
@@ -57,6 +62,38 @@ def started_clip(start: str, size: int, seed: int) -> clip.CLIP:
     model = clip.CLIP(shipped.config)
     model.image_tower.load_state_dict(vnn.resized_vit(unimodal.build_tiny("tiny-vit-mae"), size).state_dict())
     return model
+
+
+class CoCa(torch.nn.Module):
+    """CLIP and a PrefixLM captioner that reads its image tower's patch vectors, trained together (CoCa, Yu et al.
+    2022, from this workbook's parts: the captioner is notebook 03's, started from the tiny GPT)."""
+
+    def __init__(self, model: clip.CLIP, tok):
+        super().__init__()
+        tower = model.image_tower
+        config = prefix_lm.Config(vocab_size=len(tok), vision_dim=tower.config.dim, n_image_tokens=tower.patch_embed.n_patches,
+                                  text_len=32, stem="conv", image_size=tower.config.image_size)
+        self.clip, self.captioner = model, prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
+        self.captioner.stem = PatchTokens(tower)  # the same tower: the caption loss reaches it
+
+
+def coca_loss(weight: float):
+    """CLIP's loss plus `weight` times the captioner's next-token loss on the batch's canonical captions."""
+    def loss(model: CoCa, batch: dict):
+        contrastive, logs = clip.batch_loss(model.clip, batch)
+        captioning, _ = caption_loss(model.captioner, {"images": batch["images"], **batch["caption"]})
+        return contrastive + weight * captioning, logs | {"caption_loss": captioning.item()}
+    return loss
+
+
+def with_captions(collate, captions):
+    """`collate` with each row's canonical caption for the captioner ({"caption": input_ids, attention_mask, labels})."""
+    def both(rows):
+        batch = collate(rows)
+        batch["caption"] = {"input_ids": captions.input_ids[rows], "attention_mask": captions.attention_mask[rows],
+                            "labels": captions.labels[rows]}
+        return batch
+    return both
 
 
 def neighbour_batches(train, collate, batch: int, group: int, seed: int, pool: int = 4096):
@@ -114,6 +151,8 @@ def main():
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
     p.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action="store_true",
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
+    p.add_argument("--caption-weight", dest="caption_weight", type=float, default=0.0,
+                   help="add a captioning loss with this weight (CoCa): a PrefixLM reading the image tower's patches")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -122,6 +161,9 @@ def main():
     images = resized(train.images, args.image_size)
     texts = [language.caption(s) for s in train.scenes] if args.canonical else [train.text(i) for i in range(len(train))]
     collate = indexed_collate(images, encode_texts(tok, texts, max_length=40))
+    if args.caption_weight:
+        canonical = [language.caption(s) for s in train.scenes]
+        collate = with_captions(collate, encode_texts(tok, [""] * len(canonical), canonical, max_length=32))
     items = [{"index": i, "image": images[i], "text": language.caption(s),
               "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
     negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
@@ -140,7 +182,8 @@ def main():
     before = probes(model.eval(), args.image_size, args.seed)
 
     start = time.perf_counter()
-    fit(model, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
+    trained, loss = (CoCa(model, tok), coca_loss(args.caption_weight)) if args.caption_weight else (model, loss)
+    fit(trained, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
     measured = clip.measure(model.eval(), tok, bench)
     keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "zs_shape_acc_vocab",
@@ -156,7 +199,8 @@ def main():
         "_negclip" if args.negclip else "") + ("_canonical" if args.canonical else "") + (
         "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
-        f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (f"_seed{args.seed}" if args.seed else "")
+        f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
+        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (f"_seed{args.seed}" if args.seed else "")
     save_result(__file__, name, result)
 
 
