@@ -42,6 +42,11 @@ def cell_labels(scenes, attribute: str) -> torch.Tensor:
     return labels
 
 
+def cell_pixels(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, 3, S, S] -> [B, (S / patch)^2, 3 * patch * patch]: each patch's own pixels, the probes' control."""
+    return F.unfold(pixels, patch, stride=patch).transpose(1, 2)
+
+
 @torch.no_grad()
 def layer_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
     """Each cell's pixels as the tower reads them (the control: what a linear map of the raw patch holds), then each
@@ -50,7 +55,7 @@ def layer_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
     size, patch = tower.config.image_size, tower.config.patch_size
     for chunk in images.split(500):
         pixels = resize(to_float(chunk), size, bounds=(-1.0, 1.0))  # [B, 3, size, size]
-        out[0].append(F.unfold(pixels, patch, stride=patch).transpose(1, 2))  # [B, N, 3 * patch * patch]
+        out[0].append(cell_pixels(pixels, patch))  # [B, N, 3 * patch * patch]
         x = tower.tokens(pixels)
         for k, block in enumerate(tower.blocks):
             x = block(x)
@@ -62,10 +67,9 @@ def layer_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
 def stem_patches(stem, images: torch.Tensor) -> list[torch.Tensor]:
     """The same for notebook 03's learned PixelStem: each cell's pixels at the stem's size, then its 9 tokens."""
     out = [[], []]
-    patch = stem.PATCH
     for chunk in images.split(500):
         pixels = resize(to_float(chunk), stem.image_size, bounds=(-1.0, 1.0))  # [B, 3, 48, 48]
-        out[0].append(F.unfold(pixels, patch, stride=patch).transpose(1, 2))  # [B, 9, 3 * 16 * 16]
+        out[0].append(cell_pixels(pixels, stem.PATCH))  # [B, 9, 3 * 16 * 16]
         out[1].append(stem(pixels))  # [B, 9, width]
     return [torch.cat(o) for o in out]
 
