@@ -4,8 +4,10 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --image conv               # the notebook's PixelStem, from scratch
     python research/prefix_lm_from_pixels.py --image tiny-clip-vit      # notebook 02's CLIP image tower, trained on
     python research/prefix_lm_from_pixels.py --image tiny-vit-mae       # notebook 01's MAE ViT, trained on
+    python research/prefix_lm_from_pixels.py --image tiny-vit-mae --image-size 48   # read at 48 px, one patch per cell
     python research/prefix_lm_from_pixels.py --image-size 48            # the stem reads 48 px: a 3 x 3 grid, one per cell
     python research/prefix_lm_from_pixels.py --stem-channels 64,128     # a wider stem
+    python research/prefix_lm_from_pixels.py --stem stages              # Xiao et al.'s stem: 3x3 convs with BatchNorm
 
 A ViT start gives its 16 patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -19,12 +21,33 @@ from common import resized, save_result
 from torch import nn
 
 from vlmlab import backbones, evaluate, harness, unimodal
+from vlmlab import nn as vnn
+from vlmlab.encoders import resize
 from vlmlab.data import evalsets, language, shapes
 from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate
 from vlmlab.generation import generate_text
 from vlmlab.strategies import prefix_lm
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
+
+
+class StagesStem(nn.Module):
+    """"Early convolutions help transformers see better" (Xiao et al., 2021): four stride-2 3x3 convolutions, each
+    with BatchNorm and ReLU, then a 1x1 to the token width, in place of a patchify: [B, 3, S, S] -> [B, (S/16)^2, width]."""
+
+    def __init__(self, width: int, image_size: int, channels: tuple[int, ...] = (24, 48, 96, 192), norm: str = "batch"):
+        super().__init__()
+        self.image_size, layers, c_in = image_size, [], 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False),
+                       nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(8, c), nn.ReLU()]
+            c_in = c
+        self.net = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))
 
 
 class PatchTokens(nn.Module):
@@ -51,6 +74,9 @@ def main():
                    help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
     p.add_argument("--stem-channels", dest="stem_channels", default="32,64",
                    help="the conv stem's two widths before the patchify (notebook 03: 32,64)")
+    p.add_argument("--stem", default="patchify", choices=["patchify", "stages", "stages-gn"],
+                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem; stages-gn: GroupNorm")
+    p.add_argument("--lock", action="store_true", help="keep a ViT start's weights as they are (LiT's locked tower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     args = p.parse_args()
@@ -70,9 +96,12 @@ def main():
     channels = tuple(int(c) for c in args.stem_channels.split(","))
     if args.image == "conv" and channels != (32, 64):
         model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
+    if args.image == "conv" and args.stem != "patchify":
+        model.stem = StagesStem(config.vision_dim, config.image_size, norm="batch" if args.stem == "stages" else "group")
     if args.image != "conv":
         vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
-        model.stem = PatchTokens(vit)
+        model.stem = PatchTokens(vnn.resized_vit(vit, args.image_size))  # positions resized: 3 x 3 patches at 48 px
+        model.stem.requires_grad_(not args.lock)
 
     batches = StepBatches(range(len(prompts)), args.batch, indexed_collate(images, text, rows=scene_of, buckets=args.buckets),
                           seed=args.seed)
