@@ -22,9 +22,9 @@ from torch import nn
 
 from vlmlab import backbones, evaluate, harness, unimodal
 from vlmlab import nn as vnn
-from vlmlab.encoders import resize
 from vlmlab.data import evalsets, language, shapes
 from vlmlab.data.loaders import StepBatches, encode_texts, indexed_collate
+from vlmlab.encoders import resize
 from vlmlab.generation import generate_text
 from vlmlab.strategies import prefix_lm
 from vlmlab.tokenizer import load_tokenizer
