@@ -153,6 +153,9 @@ def main():
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
     p.add_argument("--caption-weight", dest="caption_weight", type=float, default=0.0,
                    help="add a captioning loss with this weight (CoCa): a PrefixLM reading the image tower's patches")
+    p.add_argument("--save", default=None,
+                   help="save the trained CLIP under this name in the user cache ($VLMLAB_CACHE), for the recipes "
+                        "that read a tower (`--tower clip:NAME`)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -190,6 +193,8 @@ def main():
             "relation_swap_acc", "attribute_swap_acc", "heldout_combo_acc")
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
               **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before}
+    if args.save:
+        zoo.save_model(args.save, model, {k: measured[k] for k in keys}, strategy="clip")
     if args.negclip_steps:
         fit(model, clip.negclip_batch_loss, negclip_batches(args.seed + 1), steps=args.negclip_steps, lr=args.negclip_lr,
             weight_decay=0.1, seed=args.seed, progress=False)
@@ -200,7 +205,8 @@ def main():
         "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
-        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (f"_seed{args.seed}" if args.seed else "")
+        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (f"_seed{args.seed}" if args.seed else "") + (
+        f"_saved-{args.save}" if args.save else "")
     save_result(__file__, name, result)
 
 

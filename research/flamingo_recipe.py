@@ -62,7 +62,8 @@ def main() -> None:
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = flamingo.measure(model, tok, bench)
     run = f"{args.tower.split(':')[1]}-{args.steps}x{args.batch}-lr{args.lr:g}-every{args.every}" + (
-        "-noresampler" if args.no_resampler else "") + ("-nogate" if args.no_gate else "") + f"-seed{args.seed}"
+        "-noresampler" if args.no_resampler else "") + ("-nogate" if args.no_gate else "") + (
+        f"-buckets{args.buckets}" if args.buckets != 1 else "") + f"-seed{args.seed}"
     save_result(__file__, run, {"args": vars(args), "train_seconds": round(seconds, 1), "first_loss": history.loss[0],
                                 "final_loss": sum(history.loss[-20:]) / 20, "gates": model.gate_values().tolist(),
                                 **{k: round(v, 4) for k, v in scores.items()}})
