@@ -9,7 +9,7 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --stem-channels 64,128     # a wider stem
     python research/prefix_lm_from_pixels.py --stem stages              # Xiao et al.'s stem: 3x3 convs with BatchNorm
 
-A ViT start gives its 16 patch vectors as the image tokens and keeps learning with the whole model. Each run
+A ViT start gives its patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
 """
 
@@ -35,12 +35,11 @@ class StagesStem(nn.Module):
     """"Early convolutions help transformers see better" (Xiao et al., 2021): four stride-2 3x3 convolutions, each
     with BatchNorm and ReLU, then a 1x1 to the token width, in place of a patchify: [B, 3, S, S] -> [B, (S/16)^2, width]."""
 
-    def __init__(self, width: int, image_size: int, channels: tuple[int, ...] = (24, 48, 96, 192), norm: str = "batch"):
+    def __init__(self, width: int, image_size: int, channels: tuple[int, ...] = (24, 48, 96, 192)):
         super().__init__()
         self.image_size, layers, c_in = image_size, [], 3
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False),
-                       nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(8, c), nn.ReLU()]
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
         self.net = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
         self.norm = nn.LayerNorm(width)
@@ -51,7 +50,7 @@ class StagesStem(nn.Module):
 
 
 class PatchTokens(nn.Module):
-    """A ViT that keeps training, read as its 16 patch vectors [B, 16, D]."""
+    """A ViT that keeps training (unless locked), read as its patch vectors [B, N, D]: 16 at 64 px, 9 at 48."""
 
     def __init__(self, vit: nn.Module):
         super().__init__()
@@ -74,8 +73,8 @@ def main():
                    help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
     p.add_argument("--stem-channels", dest="stem_channels", default="32,64",
                    help="the conv stem's two widths before the patchify (notebook 03: 32,64)")
-    p.add_argument("--stem", default="patchify", choices=["patchify", "stages", "stages-gn"],
-                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem; stages-gn: GroupNorm")
+    p.add_argument("--stem", default="patchify", choices=["patchify", "stages"],
+                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem")
     p.add_argument("--lock", action="store_true", help="keep a ViT start's weights as they are (LiT's locked tower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
@@ -97,7 +96,7 @@ def main():
     if args.image == "conv" and channels != (32, 64):
         model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
     if args.image == "conv" and args.stem != "patchify":
-        model.stem = StagesStem(config.vision_dim, config.image_size, norm="batch" if args.stem == "stages" else "group")
+        model.stem = StagesStem(config.vision_dim, config.image_size)
     if args.image != "conv":
         vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
         model.stem = PatchTokens(vnn.resized_vit(vit, args.image_size))  # positions resized: 3 x 3 patches at 48 px
