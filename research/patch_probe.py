@@ -8,6 +8,7 @@ Q-Former (08) and the projector (09) can only read what these vectors hold.
     python research/patch_probe.py --tower vit:tiny-vit-mae     # the MAE notebook 02 starts from
     python research/patch_probe.py --hidden 512         # a one-hidden-layer probe: what a nonlinear reader finds
     python research/patch_probe.py --tower stem:prefixlm-shapes   # notebook 03's stem, learned from captions
+    python research/patch_probe.py --tower imagenet:192           # EfficientNet-Lite0 (ImageNet) reading 192 px
 
 The first row is the control: the same probe on each cell's own pixels, as the tower reads them (48 px).
 Probes: softmax regression (or an MLP, `--hidden`) on the patch vectors of `--train` training scenes (9 per scene, one
@@ -21,7 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import save_result
+from common import ImageNetCells, save_result
 
 from vlmlab import unimodal, zoo
 from vlmlab.data import evalsets, shapes
@@ -74,6 +75,19 @@ def stem_patches(stem, images: torch.Tensor) -> list[torch.Tensor]:
     return [torch.cat(o) for o in out]
 
 
+@torch.no_grad()
+def imagenet_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
+    """The same for EfficientNet-Lite0 (`common.ImageNetCells`): each cell's pixels at 48 px, then each cell's vector
+    of each of its LAYERS."""
+    out = [[] for _ in range(1 + len(tower.LAYERS))]
+    for chunk in images.split(250):
+        x = to_float(chunk)
+        out[0].append(cell_pixels(resize(x, 48, bounds=(-1.0, 1.0)), 16))  # [B, 9, 3 * 16 * 16]
+        for o, y in zip(out[1:], tower.layers(x).values()):
+            o.append(y)  # [B, 9, C]
+    return [torch.cat(o) for o in out]
+
+
 def probe(train_x, train_y, test_x, test_y, n_classes: int, test_small, hidden: int = 0) -> dict[str, float]:
     """Accuracy of a softmax regression (or, with `hidden`, a one-hidden-layer MLP) on all test cells, on the
     occupied ones, and on those with a small object. Adam on minibatches of 1,024 cells, 1,500 steps."""
@@ -122,7 +136,8 @@ def main():
     parser.add_argument("--tower", default="clip:clip-shapes",
                         help="clip:<a CLIP checkpoint> (its image tower), vit:<a ViT backbone> (read at 48 px: its "
                              "position embeddings resized, as notebook 02 starts from the MAE) or stem:<a PrefixLM "
-                             "checkpoint> (notebook 03's PixelStem, learned from captions and questions)")
+                             "checkpoint> (notebook 03's PixelStem, learned from captions and questions) or imagenet:<size> "
+                             "(EfficientNet-Lite0, trained on ImageNet, reading the scenes at that size)")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=0, help="probe with a hidden layer of this width (0: linear)")
@@ -134,6 +149,8 @@ def main():
     kind, name = args.tower.split(":")
     if kind == "stem":
         tower, read = zoo.load_model(name)[0].stem.eval(), stem_patches
+    elif kind == "imagenet":
+        tower, read = ImageNetCells(size=int(name)), imagenet_patches
     else:
         tower, read = unimodal.vision_tower({"tower": kind, "name": name}).vit, layer_patches
     if kind == "vit":
@@ -141,14 +158,16 @@ def main():
     train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test, read)
     result = {"args": vars(args), "layers": {}}
     test_small = small_objects(test)
+    names = {"stem": ["stem"], "imagenet": list(ImageNetCells.LAYERS)}.get(
+        kind, [f"block {k}" for k in range(1, len(train_layers))])
     for attribute, values in ATTRIBUTES.items():
         train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()
-        for k, (tr, te) in enumerate(zip(train_layers, test_layers)):
+        for layer, tr, te in zip(["pixels", *names], train_layers, test_layers):
             scores = probe(tr.flatten(0, 1), train_y, te.flatten(0, 1), test_y, len(values) + 1, test_small, args.hidden)
-            layer = ("stem" if kind == "stem" else f"block {k}") if k else "pixels"
             result["layers"].setdefault(layer, {})[attribute] = {key: round(v, 3) for key, v in scores.items()}
             print(layer, attribute, {key: round(v, 3) for key, v in scores.items()}, flush=True)
     result["seconds"] = round(time.time() - start, 1)
+    name = f"efficientnet-lite0-{name}px" if kind == "imagenet" else name
     save_result(__file__, args.run or f"{name}_{'mlp' if args.hidden else 'linear'}_seed{args.seed}", result)
 
 
