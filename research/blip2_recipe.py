@@ -5,6 +5,7 @@ BLIP-2's ablation.
 Measures ITC retrieval and the ITM head on the swap probes after stage 1, captions and VQA after stage 2.
 
     python research/blip2_recipe.py --stage1-steps 300 --stage2-steps 1500 --lr2 3e-3 [--tower vit:tiny-vit-detector]
+        [--tower imagenet:stride16@192 --scenes 5000]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def main() -> None:
     ap.add_argument("--lr1", type=float, default=1e-3)
     ap.add_argument("--lr2", type=float, default=3e-3)
     ap.add_argument("--scenes", type=int, default=20_000)
-    ap.add_argument("--tower", default="clip:clip-shapes", help="kind:name of a vision tower, e.g. vit:tiny-vit-detector")
+    ap.add_argument("--tower", default="clip:clip-shapes",
+                    help="kind:name of a vision tower, e.g. vit:tiny-vit-detector or imagenet:stride16@192 (common.frozen_tower)")
     ap.add_argument("--eval", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -85,7 +87,9 @@ def main() -> None:
     scene_of = torch.arange(len(scenes)).repeat(2)
     with_stage1, with_seconds = stage2(qc, lm, tower, feats, text, scene_of, args, start_from=model.qformer)
     without_stage1, without_seconds = stage2(qc, lm, tower, feats, text, scene_of, args)
-    run = f"{kind}-{name}-s1_{args.stage1_steps}-s2_{args.stage2_steps}-lr2_{args.lr2:g}-seed{args.seed}"
+    fewer = f"-scenes{args.scenes}" if args.scenes != 20_000 else ""
+    run = (f"{kind}-{name.replace('@', '-')}-s1_{args.stage1_steps}-s2_{args.stage2_steps}-lr2_{args.lr2:g}{fewer}"
+           f"-seed{args.seed}")
     save_result(__file__, run, {"args": vars(args), "stage1": stage1, "stage1_seconds": round(stage1_seconds, 1),
                                 "stage2_from_stage1": with_stage1, "stage2_without_stage1": without_stage1,
                                 "stage2_seconds": [round(with_seconds, 1), round(without_seconds, 1)]})

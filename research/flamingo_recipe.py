@@ -3,7 +3,7 @@ World sequences over the frozen tiny LM and notebook 02's frozen CLIP image towe
 and VQA on held-out scenes. Used to choose the notebook's steps, batch and learning rate.
 
     python research/flamingo_recipe.py --steps 600 --batch 32 --lr 1e-3 [--every 2] [--no-resampler] [--no-gate]
-        [--tower vit:tiny-vit-detector]
+        [--tower vit:tiny-vit-detector] [--tower imagenet:stride16@192 --scenes 5000]
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import argparse
 import time
 
 import torch
-from common import save_result
+from common import frozen_tower, save_result
 
-from vlmlab import unimodal
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import StepBatches, encode_texts, to_float
 from vlmlab.lm import load_language_model
@@ -36,14 +35,14 @@ def main() -> None:
     ap.add_argument("--no-resampler", action="store_true")
     ap.add_argument("--no-gate", action="store_true")
     ap.add_argument("--buckets", type=int, default=1)
-    ap.add_argument("--tower", default="clip:clip-shapes", help="kind:name of a vision tower, e.g. vit:tiny-vit-detector")
+    ap.add_argument("--tower", default="clip:clip-shapes",
+                    help="kind:name of a vision tower, e.g. vit:tiny-vit-detector or imagenet:stride16@192 (common.frozen_tower)")
     ap.add_argument("--eval", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     tok, lm = load_tokenizer(), load_language_model("tiny-lm")
-    kind, name = args.tower.split(":")
-    vision = unimodal.vision_tower({"tower": kind, "name": name})
+    vision = frozen_tower(args.tower)
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.scenes, "train")
     with torch.no_grad():
         features = torch.cat([vision(to_float(c)) for c in evalsets.images_of(scenes).split(512)])
@@ -61,9 +60,12 @@ def main() -> None:
     seconds = time.perf_counter() - start
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = flamingo.measure(model, tok, bench)
-    run = f"{args.tower.split(':')[1]}-{args.steps}x{args.batch}-lr{args.lr:g}-every{args.every}" + (
+    kind, name = args.tower.split(":")
+    name = f"efficientnet-lite0-{name.replace('@', '-')}px" if kind == "imagenet" else name
+    run = f"{name}-{args.steps}x{args.batch}-lr{args.lr:g}-every{args.every}" + (
         "-noresampler" if args.no_resampler else "") + ("-nogate" if args.no_gate else "") + (
-        f"-buckets{args.buckets}" if args.buckets != 1 else "") + f"-seed{args.seed}"
+        f"-buckets{args.buckets}" if args.buckets != 1 else "") + (
+        f"-scenes{args.scenes}" if args.scenes != 20_000 else "") + f"-seed{args.seed}"
     save_result(__file__, run, {"args": vars(args), "train_seconds": round(seconds, 1), "first_loss": history.loss[0],
                                 "final_loss": sum(history.loss[-20:]) / 20, "gates": model.gate_values().tolist(),
                                 **{k: round(v, 4) for k, v in scores.items()}})

@@ -8,6 +8,8 @@ Measures VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
 
     python research/llava_recipe.py --stage1-steps 200 --stage2-steps 600 [--data captions] [--tower vit:tiny-vit-detector]
     python research/llava_recipe.py --stage1-steps 150 --stage2-steps 300 --batch 32 --lora-rank 8
+    python research/llava_recipe.py --stage1-steps 150 --batch1 64 --stage2-steps 600 --batch 16 --scenes 5000 \
+        --tower imagenet:stride16@192     # EfficientNet-Lite0 (ImageNet) cells in place of CLIP's patches
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--stage1-steps", type=int, default=200)
     ap.add_argument("--stage2-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch1", type=int, default=None, help="stage 1's batch (default: --batch)")
     ap.add_argument("--lr1", type=float, default=3e-3)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--data", choices=("instructions", "captions"), default="instructions")
@@ -66,8 +69,8 @@ def main() -> None:
     n = len(scenes)
     start = time.perf_counter()
     if args.stage1_steps:
-        batches = stage_batches(tok, feats, [caption_chat(s) for s in scenes], list(range(n)), args.batch, args.seed,
-                                model.max_text_len)
+        batches = stage_batches(tok, feats, [caption_chat(s) for s in scenes], list(range(n)),
+                                args.batch1 or args.batch, args.seed, model.max_text_len)
         fit(model, llava.batch_loss, batches, steps=args.stage1_steps, lr=args.lr1, seed=args.seed, progress=False)
     stage1_seconds = time.perf_counter() - start
 
