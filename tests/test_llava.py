@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from vlmlab import backbones, harness, zoo
 from vlmlab.data import evalsets
 from vlmlab.data.language import IMAGE_TOKEN, detailed_description, instructions, reasoning_questions
 from vlmlab.data.loaders import IGNORE_INDEX, encode_texts
@@ -14,6 +15,7 @@ from vlmlab.data.world_text import chat_text
 from vlmlab.generation import generate_text
 from vlmlab.lm import load_language_model
 from vlmlab.strategies import llava
+from vlmlab.unimodal import vision_tower
 
 
 @pytest.fixture
@@ -272,3 +274,17 @@ def test_caption_matching_is_scored_against_the_truth(model, tok, monkeypatch):
     assert all(captions[i // 2] not in p for i, p in enumerate(asked) if i % 2 == 1)  # then a different one, never a twin
     monkeypatch.setattr(llava, "generate_text", answers(lambda i: "Yes." if i % 2 == 0 else "No."))
     assert llava.caption_match_accuracy(model, tok, features, captions) == {"match_acc": 1.0, "match_yes_to_wrong": 0.0}
+
+
+@pytest.mark.skipif(backbones.available()["efficientnet-lite0"] != "ok", reason="efficientnet-lite0 is not installed")
+def test_a_model_on_the_imagenet_cells_arm_saves_and_loads_with_its_tower(tiny_zoo, tok, tmp_path):
+    vision = vision_tower({"tower": "imagenet-cells", "name": "efficientnet-lite0"})  # notebooks 05 and 09's arm
+    config = llava.Config(projector="mlp", visual_dim=112, n_visual=9, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                          lm=tiny_zoo["tiny-lm"], vision=vision.spec)
+    model = llava.Llava(config, vision=vision).eval()
+    pixels = evalsets.images_of(evalsets.generation_scenes(0, 2))  # uint8 [2, 3, 64, 64]
+    features = harness.image_features(model, pixels)
+    assert features.shape == (2, 9, 112)
+    loaded, record = zoo.load_model(zoo.save_model("llava-imagenet", model, {}, strategy="llava", root=tmp_path, dtype=None))
+    assert record["config"]["vision"] == vision.spec  # the tower and the sha256 of its weights
+    torch.testing.assert_close(harness.image_features(loaded, pixels), features)

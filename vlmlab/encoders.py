@@ -91,6 +91,40 @@ class EfficientNetEncoder(nn.Module):
         return grid.mean(dim=(2, 3)), grid  # global average pool, as the classifier sees it
 
 
+class ImageNetCells(nn.Module):
+    """EfficientNet-Lite0 read cell by cell: the ImageNet CNN (trained with ImageNet's labels, never on the world it
+    is shown) sees the image at `size` px and one layer's grid is averaged over a `cells` x `cells` grid of cells.
+    `layer`: a block's output at stride 8, 16 or 32 (40, 112, 320 channels) or "head", the 1,280 features its
+    classifier reads. The pretrained-tower arm of notebooks 05, 08 and 09 (`unimodal.vision_tower`).
+    Float images [B, 3, H, W] in [-1, 1], as every tower of the workbook takes them -> [B, cells * cells, C]."""
+
+    BLOCKS = {"stride8": 4, "stride16": 10, "stride32": 15}  # layer -> the index of the block whose output it is
+    LAYERS = (*BLOCKS, "head")
+
+    def __init__(self, net: nn.Module, layer: str = "stride16", size: int = 96, cells: int = 3):
+        super().__init__()
+        require(layer in self.LAYERS, "layer", layer, f"one of {self.LAYERS}")
+        self.net = net.to(memory_format=torch.channels_last)  # its depthwise convolutions run ~1.5x faster on CPUs
+        self.layer, self.size, self.cells = layer, size, cells
+
+    def layers(self, images: torch.Tensor, last: str = "head") -> dict[str, torch.Tensor]:
+        """Each layer up to `last`, each cell's vector: {layer: [B, cells * cells, C]}."""
+        x = resize((images + 1) / 2, self.size)  # [B, 3, size, size] in [0, 1]
+        x = (x - x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)) / x.new_tensor(IMAGENET_STD).view(3, 1, 1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        net, grids = self.net, {}
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for k, block in enumerate(net._blocks[:self.BLOCKS.get(last, len(net._blocks)) + 1]):
+            x = block(x)  # [B, C, size / stride, size / stride]
+            grids.update({name: x for name, at in self.BLOCKS.items() if at == k})
+        if last == "head":
+            grids["head"] = net._swish(net._bn1(net._conv_head(x)))  # [B, 1280, size / 32, size / 32]
+        return {name: F.adaptive_avg_pool2d(g, self.cells).flatten(2).transpose(1, 2) for name, g in grids.items()}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images, last=self.layer)[self.layer]
+
+
 class SentenceEncoder(nn.Module):
     """A text encoder (Hugging Face or vlmlab.nn.TextTransformer) with sentence-transformers' pooling:
     (input_ids, attention_mask) [B, T] -> (mean of the token states over the mask, L2-normalised [B, D]; tokens [B, T, D])."""

