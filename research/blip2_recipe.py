@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 
 import torch
-from common import features_of, frozen_parts, save_result
+from common import features_of, frozen_parts, run_name, save_result
 
 from vlmlab import harness
 from vlmlab.data import evalsets, language
@@ -58,7 +58,6 @@ def main() -> None:
     args = ap.parse_args()
     tok = load_tokenizer()
     tower, lm, scenes, feats = frozen_parts(args.tower, args.scenes, args.seed)  # feats [N, 17, Dv]
-    kind, name = args.tower.split(":")
     qc = blip2.QFormerConfig(vocab_size=len(tok), visual_dim=feats.size(-1), n_queries=8, dim=96, depth=4, n_heads=4,
                              mlp_dim=384, text_len=32)
 
@@ -87,9 +86,7 @@ def main() -> None:
     scene_of = torch.arange(len(scenes)).repeat(2)
     with_stage1, with_seconds = stage2(qc, lm, tower, feats, text, scene_of, args, start_from=model.qformer)
     without_stage1, without_seconds = stage2(qc, lm, tower, feats, text, scene_of, args)
-    fewer = f"-scenes{args.scenes}" if args.scenes != 20_000 else ""
-    run = (f"{kind}-{name.replace('@', '-')}-s1_{args.stage1_steps}-s2_{args.stage2_steps}-lr2_{args.lr2:g}{fewer}"
-           f"-seed{args.seed}")
+    run = run_name(args.tower, f"s1_{args.stage1_steps}-s2_{args.stage2_steps}-lr2_{args.lr2:g}", args.seed, args.scenes)
     save_result(__file__, run, {"args": vars(args), "stage1": stage1, "stage1_seconds": round(stage1_seconds, 1),
                                 "stage2_from_stage1": with_stage1, "stage2_without_stage1": without_stage1,
                                 "stage2_seconds": [round(with_seconds, 1), round(without_seconds, 1)]})

@@ -48,6 +48,13 @@ def frozen_parts(tower: str, n_scenes: int, seed: int):
     return vision, load_language_model("tiny-lm"), scenes, features_of(vision, evalsets.images_of(scenes))
 
 
+def run_name(tower: str, settings: str, seed: int, scenes: int = 20_000) -> str:
+    """A result file's name: the tower spec as it was given ("imagenet:stride16@192" -> "imagenet-stride16-192"), the
+    run's own settings, "-scenesN" when it trained on other than the recipes' 20,000 scenes, and the seed."""
+    fewer = f"-scenes{scenes}" if scenes != 20_000 else ""
+    return f"{tower.replace(':', '-').replace('@', '-')}-{settings}{fewer}-seed{seed}"
+
+
 def save_result(script: str, run: str, result: dict) -> Path:
     """Write `result` to research/results/<script's name>/<run>.json (atomically) and print it on one line."""
     out = Path(script).parent / "results" / Path(script).stem / f"{run}.json"

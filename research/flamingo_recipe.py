@@ -12,7 +12,7 @@ import argparse
 import time
 
 import torch
-from common import frozen_tower, save_result
+from common import frozen_tower, run_name, save_result
 
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import StepBatches, encode_texts, to_float
@@ -60,12 +60,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = flamingo.measure(model, tok, bench)
-    kind, name = args.tower.split(":")
-    name = f"efficientnet-lite0-{name.replace('@', '-')}px" if kind == "imagenet" else name
-    run = f"{name}-{args.steps}x{args.batch}-lr{args.lr:g}-every{args.every}" + (
+    settings = f"{args.steps}x{args.batch}-lr{args.lr:g}-every{args.every}" + (
         "-noresampler" if args.no_resampler else "") + ("-nogate" if args.no_gate else "") + (
-        f"-buckets{args.buckets}" if args.buckets != 1 else "") + (
-        f"-scenes{args.scenes}" if args.scenes != 20_000 else "") + f"-seed{args.seed}"
+        f"-buckets{args.buckets}" if args.buckets != 1 else "")
+    run = run_name(args.tower, settings, args.seed, args.scenes)
     save_result(__file__, run, {"args": vars(args), "train_seconds": round(seconds, 1), "first_loss": history.loss[0],
                                 "final_loss": sum(history.loss[-20:]) / 20, "gates": model.gate_values().tolist(),
                                 **{k: round(v, 4) for k, v in scores.items()}})

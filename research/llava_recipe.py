@@ -18,7 +18,7 @@ import argparse
 import time
 
 import torch
-from common import frozen_parts, save_result
+from common import frozen_parts, run_name, save_result
 
 from vlmlab.data import evalsets, language
 from vlmlab.data.language import IMAGE_TOKEN
@@ -61,7 +61,6 @@ def main() -> None:
     args = ap.parse_args()
     tok = load_tokenizer()
     tower, lm, scenes, feats = frozen_parts(args.tower, args.scenes, args.seed)  # feats [N, 16, Dv]
-    kind = args.tower.split(":")[0]
     config = llava.Config(projector="mlp", visual_dim=feats.size(-1), n_visual=feats.size(1),
                           image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), lm=lm.ref, vision=tower.spec)
     torch.manual_seed(args.seed)
@@ -88,7 +87,8 @@ def main() -> None:
     scores = llava.measure(model.eval(), tok, bench)
     keep = ("vqa_acc", "reasoning_acc", "description_f1", "pope_acc", "pope_yes_to_absent", "caption_f1")
     lora = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
-    run = args.run or f"{kind}-{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}-seed{args.seed}"
+    run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}", args.seed,
+                               args.scenes)
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
                                                                k.startswith(("vqa_", "reasoning_"))},
                                 "seconds": [round(stage1_seconds, 1), round(stage2_seconds, 1)]})

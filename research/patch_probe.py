@@ -22,7 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import imagenet_cells, save_result
+from common import imagenet_cells, run_name, save_result
 
 from vlmlab import unimodal, zoo
 from vlmlab.data import evalsets, shapes
@@ -167,8 +167,7 @@ def main():
             result["layers"].setdefault(layer, {})[attribute] = {key: round(v, 3) for key, v in scores.items()}
             print(layer, attribute, {key: round(v, 3) for key, v in scores.items()}, flush=True)
     result["seconds"] = round(time.time() - start, 1)
-    name = f"efficientnet-lite0-{name}px" if kind == "imagenet" else name
-    save_result(__file__, args.run or f"{name}_{'mlp' if args.hidden else 'linear'}_seed{args.seed}", result)
+    save_result(__file__, args.run or run_name(args.tower, "mlp" if args.hidden else "linear", args.seed), result)
 
 
 if __name__ == "__main__":
