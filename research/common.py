@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from vlmlab import unimodal
-from vlmlab.backbones import load_image_encoder
 from vlmlab.data import evalsets, shapes
 from vlmlab.data.loaders import to_float
 from vlmlab.encoders import ImageNetCells, preprocess_images
@@ -33,9 +32,9 @@ def frozen_tower(spec: str) -> torch.nn.Module:
 
 
 def imagenet_cells(layer: str, size: int) -> ImageNetCells:
-    """EfficientNet-Lite0 read cell by cell (`vlmlab.encoders.ImageNetCells`) at any layer and size; the package's
-    "imagenet-cells" tower is stride16 at 96 px."""
-    tower = ImageNetCells(load_image_encoder("efficientnet-lite0").model.net, layer, size, shapes.GRID)
+    """EfficientNet-Lite0 read cell by cell at any layer and size (`unimodal.imagenet_cells`; the package's
+    "imagenet-cells" tower is stride16 at 96 px)."""
+    tower = unimodal.imagenet_cells({"name": "efficientnet-lite0"}, layer, size)
     tower.spec = {"tower": f"imagenet-{layer}", "name": f"efficientnet-lite0@{size}"}
     return tower.eval().requires_grad_(False)
 

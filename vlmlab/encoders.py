@@ -47,7 +47,12 @@ def preprocess_images(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -
     elif not isinstance(images, list | tuple):
         images = [images]
     x = torch.cat([resize(_image_to_uint8(im)[None].float() / 255, size) for im in images])  # [B, 3, size, size]
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return normalise(x, mean, std)
+
+
+def normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Float images [B, 3, H, W] in [0, 1] -> each channel less its mean, over its standard deviation."""
+    return (x - x.new_tensor(mean).view(3, 1, 1)) / x.new_tensor(std).view(3, 1, 1)
 
 
 def resize(x: torch.Tensor, size: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
@@ -96,7 +101,8 @@ class ImageNetCells(nn.Module):
     is shown) sees the image at `size` px and one layer's grid is averaged over a `cells` x `cells` grid of cells.
     `layer`: a block's output at stride 8, 16 or 32 (40, 112, 320 channels) or "head", the 1,280 features its
     classifier reads. The pretrained-tower arm of notebooks 05, 08 and 09 (`unimodal.vision_tower`).
-    Float images [B, 3, H, W] in [-1, 1], as every tower of the workbook takes them -> [B, cells * cells, C]."""
+    Float images [B, 3, H, W] in [-1, 1], as every tower of the workbook takes them -> [B, cells * cells, C].
+    It takes `net` over: the net is moved to channels-last in place."""
 
     BLOCKS = {"stride8": 4, "stride16": 10, "stride32": 15}  # layer -> the index of the block whose output it is
     LAYERS = (*BLOCKS, "head")
@@ -107,10 +113,12 @@ class ImageNetCells(nn.Module):
         self.net = net.to(memory_format=torch.channels_last)  # its depthwise convolutions run ~1.5x faster on CPUs
         self.layer, self.size, self.cells = layer, size, cells
 
+    def extra_repr(self) -> str:
+        return f"layer={self.layer!r}, size={self.size}, cells={self.cells}"
+
     def layers(self, images: torch.Tensor, last: str = "head") -> dict[str, torch.Tensor]:
         """Each layer up to `last`, each cell's vector: {layer: [B, cells * cells, C]}."""
-        x = resize((images + 1) / 2, self.size)  # [B, 3, size, size] in [0, 1]
-        x = (x - x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)) / x.new_tensor(IMAGENET_STD).view(3, 1, 1)
+        x = normalise(resize((images + 1) / 2, self.size))  # [B, 3, size, size]
         x = x.contiguous(memory_format=torch.channels_last)
         net, grids = self.net, {}
         x = net._swish(net._bn0(net._conv_stem(x)))

