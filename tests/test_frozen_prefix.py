@@ -14,7 +14,7 @@ from vlmlab import zoo
 from vlmlab.data.loaders import IGNORE_INDEX, StepBatches, encode_texts, indexed_collate, to_float
 from vlmlab.encoders import image_vectors, preprocess_images
 from vlmlab.evaluate import caption_metrics, most_common_caption, nearest_neighbour_captions
-from vlmlab.frozen import checksum, parameter_table
+from vlmlab.frozen import checksum, parameter_table, tower_features
 from vlmlab.generation import generate, generate_text
 from vlmlab.lm import wrap_language_model
 from vlmlab.nn import CausalLM, TextConfig, ViT, ViTConfig
@@ -134,6 +134,50 @@ def test_checksum_changes_with_any_weight():
     with torch.no_grad():
         lm.model.transformer.blocks[1].ln2.bias[3] += 1e-6
     assert checksum(lm) != before
+
+
+class CountingTower(torch.nn.Module):
+    """A frozen tower that counts the images it reads; `spec` pins its weights as `unimodal.vision_tower`'s do."""
+
+    def __init__(self, sha256: str | None):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 5)
+        self.spec = {"tower": "toy", "name": "toy", "sha256": sha256}
+        self.seen = 0
+
+    def forward(self, pixels):
+        self.seen += len(pixels)
+        return self.proj(pixels.mean((2, 3)))[:, None]  # [B, 1, 5]
+
+
+def test_tower_features_are_computed_once_and_read_back_from_the_user_cache(user_cache):
+    images = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
+    tower = CountingTower("ab" * 32).requires_grad_(False)
+    first = tower_features(tower, images, batch_size=3, keep=True)
+    assert first.shape == (7, 1, 5) and tower.seen == 7
+    torch.testing.assert_close(first, tower(to_float(images)))
+    tower.seen = 0
+    again = tower_features(tower, images, keep=True)
+    assert tower.seen == 0 and torch.equal(again, first)  # read back, not computed
+    other = images.clone()
+    other[3, 0, 0, 0] ^= 1  # one pixel's lowest bit
+    tower_features(tower, other, keep=True)
+    assert tower.seen == 7  # other images: computed
+    files = sorted((user_cache.parent / "features").glob("toy-*.safetensors"))
+    assert len(files) == 2
+    for file in files:
+        file.write_bytes(b"not a safetensors file")  # a broken file is computed again, not trusted
+    tower.seen = 0
+    assert torch.equal(tower_features(tower, images, keep=True), first) and tower.seen == 7
+    assert torch.equal(tower_features(tower, images, keep=True), first) and tower.seen == 7  # and written again
+    tower_features(tower, images)
+    assert tower.seen == 14  # not asked to keep them: computed, and nothing read or written
+    assert sorted((user_cache.parent / "features").glob("*")) == files
+
+
+def test_tower_features_are_kept_only_for_a_tower_that_pins_its_weights(user_cache):
+    with pytest.raises(ValueError, match=r"tower_features\(\): keep=True .* pins its weights by sha256"):
+        tower_features(CountingTower(None), torch.zeros(2, 3, 8, 8, dtype=torch.uint8), keep=True)
 
 
 def test_generate_text_overfits_two_images(tok):

@@ -3,6 +3,7 @@
     freeze(module)                      no gradients, eval mode (no dropout): a part that never changes
     checksum(module) -> str             sha256 over every tensor: equal before and after training = untouched
     parameter_table({"part": module})   parameters and trainable parameters per part, with their total
+    tower_features(tower, images)       a frozen tower's features of uint8 images (keep=True: on disk, for the next run)
     FrozenParts                         a model built on frozen parts (a vision tower, a language model): they
                                         stay in eval mode, and its checkpoint holds only what it trains
     TowerAndLM                          FrozenParts whose parts are `vision` and `lm`: a captioner's image_features
@@ -16,13 +17,19 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import warnings
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from .data.loaders import to_float
 from .params import require
+from .zoo import user_cache, write_safetensors_atomic
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -45,6 +52,36 @@ def parameter_table(parts: dict[str, nn.Module]) -> list[dict]:
              "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad)} for name, m in parts.items()]
     total = {"part": "total", "params": sum(r["params"] for r in rows), "trainable": sum(r["trainable"] for r in rows)}
     return rows + [total]
+
+
+@torch.no_grad()
+def tower_features(tower: nn.Module, images: torch.Tensor, batch_size: int = 512, keep: bool = False) -> torch.Tensor:
+    """A frozen tower's features of uint8 images [N, 3, H, W], in batches, on the tower's device. `keep`: keep them
+    in the user cache (`$VLMLAB_CACHE/features/`), named by the tower's `spec` (which pins its weights by sha256, as
+    every tower of `unimodal.vision_tower` does), its modules and settings (its repr) and the images' bytes, so the
+    next run with the same tower and images reads them back; a kept file that cannot be read is computed again.
+    Notebooks 05, 08 and 09 keep their training scenes' features."""
+    device = next(tower.parameters()).device
+    path = _kept_features_path(tower, images) if keep else None
+    if path is not None:
+        try:
+            return load_file(path)["features"].to(device)
+        except (FileNotFoundError, SafetensorError, KeyError):  # not computed yet, or a broken file: compute it
+            pass
+    tower.eval()
+    features = torch.cat([tower(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
+    if path is not None:
+        write_safetensors_atomic({"features": features}, path, {"spec": json.dumps(tower.spec), "n": str(len(images))})
+    return features
+
+
+def _kept_features_path(tower: nn.Module, images: torch.Tensor) -> Path:
+    spec = getattr(tower, "spec", {})
+    require(bool(spec.get("sha256")), "keep", True, "a tower whose spec pins its weights by sha256 (as "
+            "unimodal.vision_tower's do)", where="tower_features()")
+    digest = hashlib.sha256(f"{json.dumps(spec, sort_keys=True)}\n{tower!r}\n{tuple(images.shape)}".encode())
+    digest.update(images.cpu().contiguous().numpy().tobytes())
+    return user_cache() / "features" / f"{spec['tower']}-{digest.hexdigest()[:24]}.safetensors"
 
 
 class FrozenParts(nn.Module):
