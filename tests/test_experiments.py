@@ -1,7 +1,7 @@
 """Every "experiment to try" that names a parameter runs as written. A suggestion such as `IMAGE_TOKENS="regions"`
 must name a parameter the notebook has, and the notebook must run with it: each notebook executes once at smoke size
-with all of its suggested values (budget knobs such as `STEPS=1500` keep their smoke value, since they change how
-long a run is, not which code runs)."""
+with all of its suggested values (budget knobs such as `STEPS=1500` or `STAGE2_STEPS=900` keep their smoke value,
+since they change how long a run is, not which code runs; zero steps, which skips a stage, does run)."""
 
 import ast
 import re
@@ -13,7 +13,12 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SUGGESTION = re.compile(r"`([A-Z][A-Z0-9_]*)\s*=\s*([^`]+)`")  # `NAME=value` in a notebook's Experiments to try
-BUDGET = {"STEPS", "LM_STEPS", "BATCH_SIZE", "N_TRAIN"}  # how long, not which code: run at the smoke value
+BUDGET = {"BATCH_SIZE", "N_TRAIN"}  # how long, not which code: run at the smoke value (and every *_STEPS but 0)
+
+
+def is_budget(name: str, value) -> bool:
+    """Whether a suggestion only changes how long the run is: then it runs at the smoke value."""
+    return name in BUDGET or (name.endswith("STEPS") and value != 0)
 
 
 def suggestions(path: Path) -> dict[str, object]:
@@ -50,7 +55,7 @@ def test_every_parameter_reaches_resolve(notebook):
     assert declared and declared <= passed, f"{notebook.name}: {sorted(declared - passed)} never reach params.resolve"
 
 
-RUN = [p for p in NOTEBOOKS if set(suggestions(p)) - BUDGET]
+RUN = [p for p in NOTEBOOKS if any(not is_budget(name, value) for name, value in suggestions(p).items())]
 
 
 @pytest.mark.slow
@@ -59,7 +64,7 @@ def test_the_notebook_runs_with_its_suggested_parameters(notebook, tmp_path, mon
     monkeypatch.setenv("VLMLAB_RUN_DIR", str(tmp_path))
     monkeypatch.setenv("VLMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    suggested = {name: value for name, value in suggestions(notebook).items() if name not in BUDGET}
+    suggested = {name: value for name, value in suggestions(notebook).items() if not is_budget(name, value)}
     pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke", **suggested},
                         cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
 
@@ -73,7 +78,8 @@ def test_notebook_00_a_smaller_vocabulary_makes_longer_captions():
 
     corpus = shapes_corpus()
     captions = [caption(s) for s in ShapesWorld(seed=0).scenes(50, "train")]
-    tokens = {v: sum(len(train_tokenizer(corpus, v).encode(c)) for c in captions) for v in (300, 512)}
+    tokenizers = {v: train_tokenizer(corpus, v) for v in (300, 512)}
+    tokens = {v: sum(len(tok.encode(c)) for c in captions) for v, tok in tokenizers.items()}
     assert tokens[300] > tokens[512]
 
 
