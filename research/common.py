@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from vlmlab import unimodal
+from vlmlab import frozen, unimodal
 from vlmlab.data import evalsets, shapes
-from vlmlab.data.loaders import to_float
 from vlmlab.encoders import ImageNetCells, preprocess_images
 from vlmlab.files import write_json_atomic
 from vlmlab.lm import load_language_model
@@ -17,8 +16,8 @@ from vlmlab.lm import load_language_model
 
 @torch.no_grad()
 def features_of(tower, images: torch.Tensor) -> torch.Tensor:
-    """A frozen tower's features of uint8 images, in chunks of 1,000."""
-    return torch.cat([tower(to_float(chunk)) for chunk in images.split(1000)])
+    """A frozen tower's features of uint8 images, kept in the user cache for the next run (`frozen.tower_features`)."""
+    return frozen.tower_features(tower, images, keep=True)
 
 
 def frozen_tower(spec: str) -> torch.nn.Module:
@@ -32,11 +31,9 @@ def frozen_tower(spec: str) -> torch.nn.Module:
 
 
 def imagenet_cells(layer: str, size: int) -> ImageNetCells:
-    """EfficientNet-Lite0 read cell by cell at any layer and size (`unimodal.imagenet_cells`; the package's
-    "imagenet-cells" tower is stride16 at 96 px)."""
-    tower = unimodal.imagenet_cells({"name": "efficientnet-lite0", "layer": layer, "size": size})
-    tower.spec = {"tower": f"imagenet-{layer}", "name": f"efficientnet-lite0@{size}"}
-    return tower.eval().requires_grad_(False)
+    """EfficientNet-Lite0 read cell by cell at any layer and size (`unimodal.vision_tower`'s "imagenet-cells", whose
+    spec names them; the notebooks' arm is stride16 at 96 px)."""
+    return unimodal.vision_tower({"tower": "imagenet-cells", "name": "efficientnet-lite0", "layer": layer, "size": size})
 
 
 def frozen_parts(tower: str, n_scenes: int, seed: int):

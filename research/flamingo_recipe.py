@@ -12,10 +12,10 @@ import argparse
 import time
 
 import torch
-from common import frozen_tower, run_name, save_result
+from common import features_of, frozen_tower, run_name, save_result
 
 from vlmlab.data import evalsets, shapes
-from vlmlab.data.loaders import StepBatches, encode_texts, to_float
+from vlmlab.data.loaders import StepBatches, encode_texts
 from vlmlab.lm import load_language_model
 from vlmlab.strategies import flamingo
 from vlmlab.tokenizer import load_tokenizer
@@ -44,8 +44,7 @@ def main() -> None:
     tok, lm = load_tokenizer(), load_language_model("tiny-lm")
     vision = frozen_tower(args.tower)
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.scenes, "train")
-    with torch.no_grad():
-        features = torch.cat([vision(to_float(c)) for c in evalsets.images_of(scenes).split(512)])
+    features = features_of(vision, evalsets.images_of(scenes))
     config = flamingo.Config(visual_dim=features.size(-1), lm=lm.ref, vision=vision.spec, xattn_every=args.every,
                              n_latents=args.latents,
                              ff_mult=args.ff_mult, resampler=not args.no_resampler, gate=not args.no_gate)
