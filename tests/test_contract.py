@@ -187,3 +187,19 @@ def test_save_load_and_measure_again_round_trips(built, tok, tmp_path):
     loaded, record = zoo.load_model(path)
     assert type(loaded) is type(model) and record["strategy"] == name
     assert REGISTRY[name].measure(loaded.eval(), tok, bench) == measured
+
+
+def test_building_a_model_leaves_its_frozen_parts_as_loaded(built):
+    """A frozen part is loaded at its pinned weights, never drawn: building a second model (another seed) must not
+    change it, in either model (a weight init that walks every submodule would re-draw a tower assigned before it)."""
+    name, model, _, _ = built
+    parts = model.frozen_parts() if hasattr(model, "frozen_parts") else {}
+    if not parts:
+        pytest.skip(f"{name} has no frozen part")
+    before = {part: {k: v.clone() for k, v in module.state_dict().items()} for part, module in parts.items()}
+    torch.manual_seed(1)
+    again = type(model).from_config(model.config.to_dict())
+    for part, state in before.items():
+        for copy in (model, again):
+            now = copy.frozen_parts()[part].state_dict()
+            assert all(torch.equal(now[k], v) for k, v in state.items()), f"{name}: its frozen {part} changed"

@@ -184,7 +184,6 @@ class Fusion(FrozenParts):
         c = self.config = config
         require(c.image == "patches" or vision is not None or c.vision is None, "vision", None,
                 "the detector named in config.vision (Fusion.from_config loads it)")
-        self.vision = vision
         self.text_embed = TextEmbedding(c)
         self.image_embed = PatchEmbedding(c) if c.image == "patches" else RegionEmbedding(c)
         self.modality = nn.Embedding(2, c.dim)  # 0: text, 1: image
@@ -203,6 +202,7 @@ class Fusion(FrozenParts):
             self.text_proj, self.image_proj = nn.Linear(c.dim, c.embed_dim, bias=False), nn.Linear(c.dim, c.embed_dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.apply(_init_weights)
+        self.vision = vision  # the frozen detector, after the init above: it keeps the weights it was loaded with
 
     @classmethod
     def from_config(cls, config: dict) -> Fusion:
