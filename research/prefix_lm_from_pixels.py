@@ -8,6 +8,7 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --image-size 48            # the stem reads 48 px: a 3 x 3 grid, one per cell
     python research/prefix_lm_from_pixels.py --stem-channels 64,128     # a wider stem
     python research/prefix_lm_from_pixels.py --stem stages              # Xiao et al.'s stem: 3x3 convs with BatchNorm
+    python research/prefix_lm_from_pixels.py --stem maxpool --image-size 64   # each cell max-pooled to one token
 
 A ViT start gives its patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -49,6 +50,26 @@ class StagesStem(nn.Module):
         return self.norm(self.net(x).flatten(2).transpose(1, 2))
 
 
+class CellPoolStem(nn.Module):
+    """Three 3x3 convolutions at the scene's resolution, then each cell of the world's 3 x 3 grid max-pooled (or
+    averaged) to one token, in place of the 4 x 4 linear patchify: a shape detector that fires anywhere in its cell
+    gives the same token wherever the object sits. [B, 3, S, S] -> [B, 9, width]."""
+
+    def __init__(self, width: int, image_size: int, pool: str = "max", channels: tuple[int, int] = (32, 64)):
+        super().__init__()
+        a, b = channels
+        self.image_size = image_size
+        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, S/2, S/2]
+                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/4, S/4]
+                                 nn.Conv2d(b, width, 3, 1, 1), nn.GELU())  # [B, width, S/4, S/4]
+        self.pool = nn.AdaptiveMaxPool2d(3) if pool == "max" else nn.AdaptiveAvgPool2d(3)  # [B, width, 3, 3]
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
+        return self.norm(self.pool(self.net(x)).flatten(2).transpose(1, 2))
+
+
 class PatchTokens(nn.Module):
     """A ViT that keeps training (unless locked), read as its patch vectors [B, N, D]: 16 at 64 px, 9 at 48."""
 
@@ -73,8 +94,9 @@ def main():
                    help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
     p.add_argument("--stem-channels", dest="stem_channels", default="32,64",
                    help="the conv stem's two widths before the patchify (notebook 03: 32,64)")
-    p.add_argument("--stem", default="patchify", choices=["patchify", "stages"],
-                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem")
+    p.add_argument("--stem", default="patchify", choices=["patchify", "stages", "maxpool", "avgpool"],
+                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem; maxpool, "
+                        "avgpool: convolutions, then each cell of the 3 x 3 grid pooled to one token")
     p.add_argument("--lock", action="store_true", help="keep a ViT start's weights as they are (LiT's locked tower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
@@ -88,15 +110,19 @@ def main():
     scene_of = torch.cat([torch.arange(len(scenes)), torch.arange(len(scenes)).repeat_interleave(3)])
     text = encode_texts(tok, prompts, targets, max_length=32)
 
-    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=(args.image_size // 16) ** 2, text_len=32,
-                              dim=128, depth=4, n_heads=4, stem="conv", image_size=args.image_size)
+    pooled = args.stem in ("maxpool", "avgpool")
+    n_tokens = 9 if pooled else (args.image_size // 16) ** 2
+    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=n_tokens, text_len=32,
+                              dim=128, depth=4, n_heads=4, stem="conv", image_size=48 if pooled else args.image_size)
     torch.manual_seed(args.seed)
     model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
     channels = tuple(int(c) for c in args.stem_channels.split(","))
     if args.image == "conv" and channels != (32, 64):
         model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
-    if args.image == "conv" and args.stem != "patchify":
+    if args.image == "conv" and args.stem == "stages":
         model.stem = StagesStem(config.vision_dim, config.image_size)
+    if args.image == "conv" and pooled:
+        model.stem = CellPoolStem(config.vision_dim, config.image_size, args.stem[:3], channels)
     if args.image != "conv":
         vit = backbones.load_image_encoder(args.image, trainable=True).model.vit  # the ViT itself, in [-1, 1]
         model.stem = PatchTokens(vnn.resized_vit(vit, args.image_size))  # positions resized: 3 x 3 patches at 48 px

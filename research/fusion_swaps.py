@@ -1,0 +1,129 @@
+"""Side runs for notebook 06's open problem: its ITM head scores the world's attribute and relation swaps at chance
+on held-out pairs. Does it learn them on its own training scenes, and what changes that? The main recipe (ViLT's
+patches at 48 px from the label-free MAE, MLM + ITM + the VQA head, CLIP-mined in-batch negatives) or the detector's
+region tokens (`--image regions`: every cell's colour and shape handed over, so only the binding is left to learn),
+with the share of ITM negatives taken from the world's swaps (`--swap`) and which swaps they are (`--kinds`).
+
+    python research/fusion_swaps.py --steps 800                              # notebook 06's recipe, shorter
+    python research/fusion_swaps.py --steps 800 --image regions              # the detector's region tokens
+    python research/fusion_swaps.py --steps 800 --swap 1 --kinds swaps       # every negative an attribute or relation swap
+    python research/fusion_swaps.py --shipped                                # notebook 06's shipped model, no training
+
+Each run measures the ITM head on 1,500 training scenes against their own world negative, by kind, and notebook 06's
+held-out numbers (`fusion.measure`); it writes research/results/fusion_swaps/<name>.json.
+"""
+
+import argparse
+import random
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+import torch
+from common import save_result
+
+from vlmlab import harness, unimodal, zoo
+from vlmlab.data import evalsets, language, shapes
+from vlmlab.data.loaders import StepBatches, encode_texts
+from vlmlab.strategies import fusion
+from vlmlab.tokenizer import load_tokenizer
+from vlmlab.train import fit
+
+KINDS = {"all": ("attribute_swap", "relation_swap", "object_replacement"), "swaps": ("attribute_swap", "relation_swap")}
+
+
+def negatives_of(scenes, kinds: tuple[str, ...], seed: int) -> tuple[list[str], list[str]]:
+    """One world negative per scene among `kinds` (`fusion.world_negatives` when all kinds are allowed), and its kind;
+    a scene with none of them gets the next scene's caption ("random")."""
+    texts, names = [], []
+    for i, scene in enumerate(scenes):
+        options = [n for n in language.hard_negatives(scene) if n.kind in kinds]
+        rng = random.Random(f"{seed}:fusion-negative:{i}")
+        chosen = rng.choice(options) if options else None
+        texts.append(chosen.text if chosen else language.caption(scenes[(i + 1) % len(scenes)]))
+        names.append(chosen.kind if chosen else "random")
+    return texts, names
+
+
+@torch.no_grad()
+def train_swap_accuracy(model, tok, images, captions, negatives, kinds) -> dict[str, float]:
+    """Paired accuracy of the ITM head on training scenes: their caption scored above their own world negative."""
+    own, wrong = harness.score_pairs(model, tok, images, captions), harness.score_pairs(model, tok, images, negatives)
+    hits = defaultdict(list)
+    for kind, a, b in zip(kinds, own.tolist(), wrong.tolist()):
+        hits[kind].append(a > b)
+    return {f"train_{k}": sum(v) / len(v) for k, v in hits.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 0.5)")
+    p.add_argument("--kinds", default="all", choices=sorted(KINDS), help="which world negatives: all, or the two swaps")
+    p.add_argument("--image", default="patches", choices=("patches", "regions"))
+    p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
+    p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shipped", action="store_true", help="measure notebook 06's shipped vilt-shapes instead of training")
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+
+    tok, ends, text_len = load_tokenizer(), fusion.Fusion.text_ends, 32
+    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
+    images = evalsets.images_of(scenes)
+    captions = encode_texts(tok, [language.caption(s) for s in scenes], max_length=text_len, ends=ends)
+    negative_texts, negative_kinds = negatives_of(scenes, KINDS[args.kinds], args.seed)
+    negatives = encode_texts(tok, negative_texts, max_length=text_len, ends=ends)
+    answers = language.answer_vocabulary()
+    qas = [(i, qa) for i, s in enumerate(scenes) for qa in language.sample_vqa(s, 2, salt="train")]
+    questions = encode_texts(tok, [qa.question for _, qa in qas], max_length=text_len, ends=ends)
+    question_scene, answer_ids = torch.tensor([i for i, _ in qas]), torch.tensor([answers.index(qa.answer) for _, qa in qas])
+
+    mae = zoo.load_model("tiny-vit-mae")[0]
+    regions = unimodal.vision_tower({"tower": "regions", "name": "tiny-vit-detector-probe"})
+    config = fusion.Config(vocab_size=len(tok), text_len=text_len, dim=mae.config.dim, depth=mae.config.depth,
+                           n_heads=mae.config.n_heads, image_size=48, patch_size=mae.config.patch_size, answers=answers,
+                           swap_negatives=args.swap, mlm_prob=0.3, pad_token_id=tok.pad_token_id,
+                           mask_token_id=tok.mask_token_id, cls_token_id=tok.convert_tokens_to_ids("[CLS]"),
+                           sep_token_id=tok.convert_tokens_to_ids("[SEP]"))
+    inputs, key = images, "images"
+    if args.image == "regions":
+        config = replace(config, image="regions", vision=regions.spec)
+        inputs, key = unimodal.region_features(regions, images), "image_features"
+    clip_model = zoo.load_model("negclip-shapes")[0].eval()  # notebook 06 mines its in-batch negatives with it
+    miner = (harness.embed_images(clip_model, images) * clip_model.scale.item(),
+             harness.embed_texts(clip_model, tok, [language.caption(s) for s in scenes]))
+
+    torch.manual_seed(args.seed)
+    model = fusion.Fusion(config, vision=regions if args.image == "regions" else None)
+    fusion.init_from_vit(model, mae)
+    caption_batches = StepBatches(range(len(scenes)), args.batch, seed=args.seed,
+                                  collate=fusion.pretraining_collate(inputs, captions, negatives, key, miner=miner))
+    question_batches = StepBatches(range(len(qas)), args.batch, seed=args.seed + 1,
+                                   collate=fusion.answer_collate(inputs, questions, question_scene, answer_ids, key))
+    result = {"args": vars(args)}
+    if args.shipped:
+        model = zoo.load_model("vilt-shapes")[0]
+    else:
+        start = time.perf_counter()
+        history = fit(model, fusion.batch_loss, lambda step: caption_batches(step) | {"vqa": question_batches(step)},
+                      steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+        result |= {"train_s": round(time.perf_counter() - start, 1),
+                   "itm_loss_last_50": sum(log["itm"] for log in history.logs[-50:]) / len(history.logs[-50:])}
+    model.eval()
+
+    n = 1500
+    result |= train_swap_accuracy(model, tok, images[:n], [language.caption(s) for s in scenes[:n]], negative_texts[:n],
+                                  negative_kinds[:n])
+    bench = evalsets.FusionBench.build(args.seed, args.n_eval)
+    measured = fusion.measure(model, tok, bench, evalsets.novel(bench.scenes.scenes, scenes))
+    result |= {k: measured[k] for k in ("relation_swap_acc", "attribute_swap_acc", "itm_acc", "mlm_acc_image", "vqa_acc")}
+    print(result)
+    name = args.name or ("shipped" if args.shipped else f"{args.image}_{args.steps}_swap{args.swap:g}_{args.kinds}_s{args.seed}")
+    save_result(__file__, name, result)
+
+
+if __name__ == "__main__":
+    main()
