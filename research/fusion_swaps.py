@@ -55,26 +55,11 @@ def train_swap_accuracy(model, tok, images, captions, negatives, kinds) -> dict[
     return {f"train_{k}": sum(v) / len(v) for k, v in hits.items()}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 0.5)")
-    p.add_argument("--kinds", default="all", choices=sorted(KINDS), help="which world negatives: all, or the two swaps")
-    p.add_argument("--image", default="patches", choices=("patches", "regions"))
-    p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
-    p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shipped", action="store_true", help="measure notebook 06's shipped vilt-shapes instead of training")
-    p.add_argument("--name", default=None)
-    args = p.parse_args()
-
-    tok, ends, text_len = load_tokenizer(), fusion.Fusion.text_ends, 32
-    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
-    images = evalsets.images_of(scenes)
-    captions = encode_texts(tok, [language.caption(s) for s in scenes], max_length=text_len, ends=ends)
-    negative_texts, negative_kinds = negatives_of(scenes, KINDS[args.kinds], args.seed)
+def trained(args, tok, scenes, images, texts: list[str], negative_texts: list[str]):
+    """Notebook 06's recipe for `args.steps` steps (`args.image`'s tokens, `args.swap` of the negatives from the
+    world's) -> (the model, its History, seconds of training)."""
+    ends, text_len = fusion.Fusion.text_ends, 32
+    captions = encode_texts(tok, texts, max_length=text_len, ends=ends)
     negatives = encode_texts(tok, negative_texts, max_length=text_len, ends=ends)
     answers = language.answer_vocabulary()
     qas = [(i, qa) for i, s in enumerate(scenes) for qa in language.sample_vqa(s, 2, salt="train")]
@@ -93,8 +78,7 @@ def main():
         config = replace(config, image="regions", vision=regions.spec)
         inputs, key = unimodal.region_features(regions, images), "image_features"
     clip_model = zoo.load_model("negclip-shapes")[0].eval()  # notebook 06 mines its in-batch negatives with it
-    miner = (harness.embed_images(clip_model, images) * clip_model.scale.item(),
-             harness.embed_texts(clip_model, tok, [language.caption(s) for s in scenes]))
+    miner = (harness.embed_images(clip_model, images) * clip_model.scale.item(), harness.embed_texts(clip_model, tok, texts))
 
     torch.manual_seed(args.seed)
     model = fusion.Fusion(config, vision=regions if args.image == "regions" else None)
@@ -103,20 +87,42 @@ def main():
                                   collate=fusion.pretraining_collate(inputs, captions, negatives, key, miner=miner))
     question_batches = StepBatches(range(len(qas)), args.batch, seed=args.seed + 1,
                                    collate=fusion.answer_collate(inputs, questions, question_scene, answer_ids, key))
+    start = time.perf_counter()
+    history = fit(model, fusion.batch_loss, lambda step: caption_batches(step) | {"vqa": question_batches(step)},
+                  steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+    return model, history, time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 0.5)")
+    p.add_argument("--kinds", default="all", choices=sorted(KINDS), help="which world negatives: all, or the two swaps")
+    p.add_argument("--image", default="patches", choices=("patches", "regions"))
+    p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
+    p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shipped", action="store_true", help="measure notebook 06's shipped vilt-shapes instead of training")
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+
+    tok = load_tokenizer()
+    scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
+    images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
+    negative_texts, negative_kinds = negatives_of(scenes, KINDS[args.kinds], args.seed)
     result = {"args": vars(args)}
     if args.shipped:
         model = zoo.load_model("vilt-shapes")[0]
     else:
-        start = time.perf_counter()
-        history = fit(model, fusion.batch_loss, lambda step: caption_batches(step) | {"vqa": question_batches(step)},
-                      steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
-        result |= {"train_s": round(time.perf_counter() - start, 1),
+        model, history, train_s = trained(args, tok, scenes, images, texts, negative_texts)
+        result |= {"train_s": round(train_s, 1),
                    "itm_loss_last_50": sum(log["itm"] for log in history.logs[-50:]) / len(history.logs[-50:])}
     model.eval()
 
     n = 1500
-    result |= train_swap_accuracy(model, tok, images[:n], [language.caption(s) for s in scenes[:n]], negative_texts[:n],
-                                  negative_kinds[:n])
+    result |= train_swap_accuracy(model, tok, images[:n], texts[:n], negative_texts[:n], negative_kinds[:n])
     bench = evalsets.FusionBench.build(args.seed, args.n_eval)
     measured = fusion.measure(model, tok, bench, evalsets.novel(bench.scenes.scenes, scenes))
     result |= {k: measured[k] for k in ("relation_swap_acc", "attribute_swap_acc", "itm_acc", "mlm_acc_image", "vqa_acc")}
