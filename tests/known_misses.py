@@ -31,8 +31,9 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                              "find it, answers 'there is no ...' (46% of them), though the grid holds each cell's colour "
                              "and size",
     ("fusion", "relation_swap_acc"): "ViLT's ITM head after 2,400 steps from the label-free MAE ViT, the scenes read at "
-                                     "48 px: it reads shape only partly, and every hard negative hinges on shape or "
-                                     "binding, so the swaps stay near chance (0.51)",
+                                     "48 px: the swaps stay near chance (0.51), on its own training scenes too; "
+                                     "given the detector's regions (every cell's shape and colour) and only swaps "
+                                     "as negatives, 800 steps still do not learn them: the binding is the limit",
     ("fusion", "mlm_acc_image"): "colour words are read from the patches (0.996), shape words partly (0.37; the empty "
                                  "picture 0.16)",
     ("fusion", "vqa_acc"): "size, count and existence are read (0.99, 0.86, 0.78), shape questions partly (0.43) and "
