@@ -9,6 +9,7 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --stem-channels 64,128     # a wider stem
     python research/prefix_lm_from_pixels.py --stem stages              # Xiao et al.'s stem: 3x3 convs with BatchNorm
     python research/prefix_lm_from_pixels.py --stem maxpool --image-size 64   # each cell max-pooled to one token
+    python research/prefix_lm_from_pixels.py --image-size 48 --lm-lr-scale 0.33   # the text side at a third of the rate
 
 A ViT start gives its patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -97,6 +98,8 @@ def main():
     p.add_argument("--stem", default="patchify", choices=["patchify", "stages", "maxpool", "avgpool"],
                    help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem; maxpool, "
                         "avgpool: convolutions, then each cell of the 3 x 3 grid pooled to one token")
+    p.add_argument("--lm-lr-scale", dest="lm_lr_scale", type=float, default=1.0,
+                   help="the language model's rate as a fraction of --lr (the image side keeps --lr)")
     p.add_argument("--lock", action="store_true", help="keep a ViT start's weights as they are (LiT's locked tower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
@@ -131,7 +134,8 @@ def main():
     batches = StepBatches(range(len(prompts)), args.batch, indexed_collate(images, text, rows=scene_of, buckets=args.buckets),
                           seed=args.seed)
     start = time.perf_counter()
-    fit(model, prefix_lm.batch_loss, batches, steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+    fit(model, prefix_lm.batch_loss, batches, steps=args.steps, lr=args.lr, lr_scales={"lm": args.lm_lr_scale},
+        seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
 
     test = evalsets.generation_scenes(args.seed, args.n_eval)

@@ -78,6 +78,44 @@ def test_weight_decay_groups_skip_1d_and_frozen_params():
     assert {id(p) for p in no_decay["params"]} == {id(model[3].weight), id(model[3].bias), id(model[4].bias)}
 
 
+class TwoLayers(torch.nn.Module):
+    """Two identical linear layers, summed: both get the same gradient, so only their rates can tell them apart."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.new = torch.nn.Linear(4, 1)
+        self.trained = torch.nn.Linear(4, 1)
+        self.trained.load_state_dict(self.new.state_dict())
+
+    def forward(self, x):
+        return self.new(x) + self.trained(x)
+
+
+def test_lr_scales_step_a_submodule_at_its_multiple_of_the_rate():
+    model = TwoLayers()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _, h = run(model, steps=1, lr=1e-2, warmup=0, weight_decay=0.0, lr_scales={"trained": 0.25})
+    moved = {k: (v - start[k]).abs() for k, v in model.state_dict().items()}
+    # Adam's first step moves every parameter by ~lr, whatever its gradient: 1e-2 for `new`, 2.5e-3 for `trained`
+    assert torch.allclose(moved["new.weight"], torch.full_like(moved["new.weight"], 1e-2), rtol=1e-3)
+    assert torch.allclose(moved["trained.weight"], 0.25 * moved["new.weight"], rtol=1e-3)
+    assert h.lr == [1e-2]  # the schedule's rate; the factor is the group's
+    opt = make_optimizer(model, lr=1e-2, weight_decay=0.1, lr_scales={"trained": 0.25})
+    groups = [(g["weight_decay"], g["lr_scale"], len(g["params"])) for g in opt.param_groups]
+    assert groups == [(0.1, 1.0, 1), (0.1, 0.25, 1), (0.0, 1.0, 1), (0.0, 0.25, 1)]
+
+
+def test_lr_scales_must_name_submodules_and_resume_only_with_the_same_scales(tmp_path):
+    with pytest.raises(ValueError, match=r"fit\(\): lr_scales=\{'lm': 0.5\} is not allowed; expected names of the "):
+        run(TwoLayers(), lr_scales={"lm": 0.5})
+    with pytest.raises(ValueError, match=r"lr_scales=\{'new': 0\} is not allowed; expected None or"):
+        run(TwoLayers(), lr_scales={"new": 0})
+    run(TwoLayers(), steps=2, ckpt_dir=tmp_path, lr_scales={"trained": 0.25})
+    with pytest.raises(CheckpointError, match="was trained with lr_scales=\\{'trained': 0.25\\}, not None"):
+        run(TwoLayers(), steps=4, ckpt_dir=tmp_path)
+
+
 def test_clipping_bounds_the_update_direction():
     # with clip, the logged norm is the norm before clipping; with a tiny clip the weights barely move
     model, h = run(steps=3, clip=1e-6, lr=1e-3, warmup=0, weight_decay=0.0)

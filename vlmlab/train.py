@@ -1,10 +1,11 @@
 """The one training loop every notebook uses. Introduced in notebook 01.
 
-`fit()` is plain PyTorch: AdamW (no weight decay on 1-D parameters), linear warmup then cosine
-decay, gradient clipping, mixed precision, a progress bar, periodic evaluation, checkpoints with
-exact resume, and a guard that stops on nan/inf. Data comes from `batches(step)`, a function of
-the step index, so a resumed run sees exactly the batches an uninterrupted run would; together
-with the saved RNG state this makes "interrupt, resume" give the same weights, bit for bit.
+`fit()` is plain PyTorch: AdamW (no weight decay on 1-D parameters; a submodule may step at its own
+multiple of the rate), linear warmup then cosine decay, gradient clipping, mixed precision, a progress
+bar, periodic evaluation, checkpoints with exact resume, and a guard that stops on nan/inf. Data comes
+from `batches(step)`, a function of the step index, so a resumed run sees exactly the batches an
+uninterrupted run would; together with the saved RNG state this makes "interrupt, resume" give the
+same weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -76,11 +77,22 @@ def lr_at(step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio: flo
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters: matrices decay, 1-D ones (biases, norm weights) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   lr_scales: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: matrices decay, 1-D ones (biases, norm weights) do not. `lr_scales`
+    ({submodule name: factor}) gives a submodule's parameters `factor` times the rate, in groups of their own that
+    carry it as "lr_scale" (the most specific name wins). Without it: two groups, decay and no decay."""
+    scales = lr_scales or {}
+
+    def scale_of(name: str) -> float:
+        owners = [k for k in scales if name.startswith(k + ".")]
+        return scales[max(owners, key=len)] if owners else 1.0
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    factors = sorted({1.0} | {scale_of(n) for n, _ in named}, reverse=True)
+    return torch.optim.AdamW([{"params": [p for n, p in named if (p.ndim >= 2) == decays and scale_of(n) == f],
+                               "weight_decay": weight_decay if decays else 0.0, "lr_scale": f}
+                              for decays in (True, False) for f in factors], lr=lr)
 
 
 def to_device(batch, device: torch.device | str):
@@ -98,7 +110,7 @@ def to_device(batch, device: torch.device | str):
     return batch
 
 
-def _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_ratio, clip, precision,
+def _validate(model, loss_fn, batches, steps, lr, weight_decay, lr_scales, warmup, min_lr_ratio, clip, precision,
               eval_fn, eval_every, ckpt_dir, ckpt_every, log_every) -> None:
     checks = [
         (isinstance(model, torch.nn.Module), "model", model, "a torch.nn.Module"),
@@ -107,6 +119,8 @@ def _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_r
         (is_int(steps) and steps >= 1, "steps", steps, "an integer >= 1"),
         (is_number(lr) and lr > 0, "lr", lr, "a number > 0"),
         (is_number(weight_decay) and weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0"),
+        (lr_scales is None or isinstance(lr_scales, dict) and all(is_number(v) and v > 0 for v in lr_scales.values()),
+         "lr_scales", lr_scales, "None or {submodule name: a factor > 0}"),
         (is_number(warmup) and (0 <= warmup < 1 or (warmup == int(warmup) and warmup <= steps)), "warmup", warmup,
          f"a fraction of the steps in [0, 1) or a whole number of steps <= steps={steps}"),
         (is_number(min_lr_ratio) and 0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "a number in [0, 1]"),
@@ -120,6 +134,8 @@ def _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_r
     ]
     for check in checks:
         require(*check, where="fit()")
+    unknown = sorted(set(lr_scales or {}) - {name for name, _ in model.named_modules() if name})
+    require(not unknown, "lr_scales", lr_scales, f"names of the model's submodules; {unknown} is not one", where="fit()")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit(): the model has no parameter with requires_grad=True, so there is nothing to train")
 
@@ -155,6 +171,9 @@ def _load_state(path: Path, model, optimizer, scaler, config: dict, device) -> t
     record = json.loads(json_path.read_text())
     check_sha256(path, record["sha256"])
     changed = {k: (record["config"].get(k), v) for k, v in config.items() if k != "steps" and record["config"].get(k) != v}
+    if "lr_scales" in changed:  # the optimizer's groups differ, so its saved state would land on other parameters
+        raise CheckpointError(f"{path} was trained with lr_scales={changed['lr_scales'][0]!r}, not {config['lr_scales']!r}; "
+                              "pass the same lr_scales, another ckpt_dir, or resume=False")
     if changed:
         warnings.warn(f"resuming {path} with different settings (saved, now): {changed}", stacklevel=3)
     tensors = load_file(path)
@@ -177,30 +196,32 @@ def _load_state(path: Path, model, optimizer, scaler, config: dict, device) -> t
 
 
 def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], object], *, steps: int, lr: float = 1e-3,
-        weight_decay: float = 0.01, warmup: float = 0.05, min_lr_ratio: float = 0.1, clip: float = 1.0,
-        precision: str = "auto", device: torch.device | str | None = None, eval_fn: Callable | None = None,
-        eval_every: int = 0, ckpt_dir: str | Path | None = None, ckpt_every: int = 0, resume: bool = True,
-        seed: int = 0, progress: bool = True, log_every: int = 10) -> History:
+        weight_decay: float = 0.01, lr_scales: dict[str, float] | None = None, warmup: float = 0.05,
+        min_lr_ratio: float = 0.1, clip: float = 1.0, precision: str = "auto", device: torch.device | str | None = None,
+        eval_fn: Callable | None = None, eval_every: int = 0, ckpt_dir: str | Path | None = None, ckpt_every: int = 0,
+        resume: bool = True, seed: int = 0, progress: bool = True, log_every: int = 10) -> History:
     """Train `model` for `steps` steps of `loss_fn(model, batches(step))` and return the History.
 
-    warmup: a fraction of `steps` when < 1, else a number of steps. clip: max gradient norm (0: off).
+    lr_scales: {submodule name: factor}, that submodule's rate as a multiple of the schedule's (notebook 03: a text
+    side started from a trained LM moves slower than the new image side). warmup: a fraction of `steps` when < 1,
+    else a number of steps. clip: max gradient norm (0: off).
     precision: 'auto' (bf16 autocast on a CUDA GPU that has it, else fp32), 'fp32', 'bf16', 'fp16'
     (with a GradScaler). eval_fn(model) -> {metric: float} runs every `eval_every` steps and at the
     end, in eval mode without gradients. With `ckpt_dir`, the full training state is saved there
     every `ckpt_every` steps and at the end, and `resume=True` continues from it.
     The model is put in train mode; a model that keeps a frozen part in eval mode should override `train()`.
     """
-    _validate(model, loss_fn, batches, steps, lr, weight_decay, warmup, min_lr_ratio, clip, precision,
+    _validate(model, loss_fn, batches, steps, lr, weight_decay, lr_scales, warmup, min_lr_ratio, clip, precision,
               eval_fn, eval_every, ckpt_dir, ckpt_every, log_every)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = _resolve_precision(precision, device)
     warmup_steps = round(warmup * steps) if warmup < 1 else int(warmup)
-    config = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "min_lr_ratio": min_lr_ratio,
-              "clip": clip, "precision": precision, "seed": seed}
+    config = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "lr_scales": lr_scales, "warmup": warmup,
+              "min_lr_ratio": min_lr_ratio, "clip": clip, "precision": precision, "seed": seed}
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(model, lr, weight_decay)
+    optimizer = make_optimizer(model, lr, weight_decay, lr_scales)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     torch.manual_seed(seed)
     history, start, last_good = History(), 0, None
@@ -218,7 +239,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], obje
         for step in range(start, steps):
             lr_now = lr_at(step, steps, lr, warmup_steps, min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr_now
+                group["lr"] = lr_now * group["lr_scale"]
             optimizer.zero_grad(set_to_none=True)
             batch = to_device(batches(step), device)
             with torch.autocast(device.type, dtype=AMP_DTYPES.get(precision), enabled=precision in AMP_DTYPES):
