@@ -19,6 +19,8 @@ side holds, whatever the text side makes of it).
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --caption-weight 1
         # CoCa's idea: the same run with a captioning loss added, a PrefixLM (notebook 03's, started from the tiny
         # GPT) writing each scene's canonical caption from the image tower's 9 patch vectors
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --image-lr-scale 0.25
+        # the main run with the MAE-started image tower at a quarter of the rate (the text tower and heads at the rate)
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -151,6 +153,8 @@ def main():
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
     p.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action="store_true",
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
+    p.add_argument("--image-lr-scale", dest="image_lr_scale", type=float, default=1.0,
+                   help="the image tower's rate as a fraction of --lr (MAE fine-tuning steps its trained layers slower)")
     p.add_argument("--caption-weight", dest="caption_weight", type=float, default=0.0,
                    help="add a captioning loss with this weight (CoCa): a PrefixLM reading the image tower's patches")
     p.add_argument("--save", default=None,
@@ -186,7 +190,9 @@ def main():
 
     start = time.perf_counter()
     trained, loss = (CoCa(model, tok), coca_loss(args.caption_weight)) if args.caption_weight else (model, loss)
-    fit(trained, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed, progress=False)
+    tower = next(name for name, module in trained.named_modules() if module is model.image_tower)
+    fit(trained, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, lr_scales={tower: args.image_lr_scale},
+        seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
     measured = clip.measure(model.eval(), tok, bench)
     keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "zs_shape_acc_vocab",
@@ -205,7 +211,8 @@ def main():
         "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
-        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (f"_seed{args.seed}" if args.seed else "") + (
+        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (
+        f"_imagelr{args.image_lr_scale:g}" if args.image_lr_scale != 1 else "") + (f"_seed{args.seed}" if args.seed else "") + (
         f"_saved-{args.save}" if args.save else "")
     save_result(__file__, name, result)
 
