@@ -88,8 +88,10 @@ def trained(args, tok, scenes, images, texts: list[str], negative_texts: list[st
     question_batches = StepBatches(range(len(qas)), args.batch, seed=args.seed + 1,
                                    collate=fusion.answer_collate(inputs, questions, question_scene, answer_ids, key))
     start = time.perf_counter()
+    started = {"image_embed", "image_alone", "layers"}  # what init_from_vit fills from the MAE (single stream)
     history = fit(model, fusion.batch_loss, lambda step: caption_batches(step) | {"vqa": question_batches(step)},
-                  steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
+                  steps=args.steps, lr=args.lr, lr_scales={name: args.mae_lr_scale for name in started}, seed=args.seed,
+                  progress=False)
     return model, history, time.perf_counter() - start
 
 
@@ -103,6 +105,8 @@ def main():
     p.add_argument("--image", default="patches", choices=("patches", "regions"))
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
+    p.add_argument("--mae-lr-scale", dest="mae_lr_scale", type=float, default=1.0,
+                   help="the rate of the parts started from the MAE, as a fraction of --lr (the rest keeps --lr)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shipped", action="store_true", help="measure notebook 06's shipped vilt-shapes instead of training")
     p.add_argument("--name", default=None)
@@ -127,7 +131,8 @@ def main():
     measured = fusion.measure(model, tok, bench, evalsets.novel(bench.scenes.scenes, scenes))
     result |= {k: measured[k] for k in ("relation_swap_acc", "attribute_swap_acc", "itm_acc", "mlm_acc_image", "vqa_acc")}
     print(result)
-    name = args.name or ("shipped" if args.shipped else f"{args.image}_{args.steps}_swap{args.swap:g}_{args.kinds}_s{args.seed}")
+    name = args.name or ("shipped" if args.shipped else f"{args.image}_{args.steps}_swap{args.swap:g}_{args.kinds}"
+                              + (f"_maelr{args.mae_lr_scale:g}" if args.mae_lr_scale != 1 else "") + f"_s{args.seed}")
     save_result(__file__, name, result)
 
 
