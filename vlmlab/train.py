@@ -88,11 +88,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
         owners = [k for k in scales if name.startswith(k + ".")]
         return scales[max(owners, key=len)] if owners else 1.0
 
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    factors = sorted({1.0} | {scale_of(n) for n, _ in named}, reverse=True)
-    return torch.optim.AdamW([{"params": [p for n, p in named if (p.ndim >= 2) == decays and scale_of(n) == f],
-                               "weight_decay": weight_decay if decays else 0.0, "lr_scale": f}
-                              for decays in (True, False) for f in factors], lr=lr)
+    scaled = [(p, scale_of(n)) for n, p in model.named_parameters() if p.requires_grad]
+    factors = sorted({1.0} | {f for _, f in scaled}, reverse=True)
+    return torch.optim.AdamW([{"params": [p for p, f in scaled if (p.ndim >= 2) == decays and f == factor],
+                               "weight_decay": weight_decay if decays else 0.0, "lr_scale": factor}
+                              for decays in (True, False) for factor in factors], lr=lr)
 
 
 def to_device(batch, device: torch.device | str):
