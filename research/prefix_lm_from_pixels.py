@@ -10,6 +10,9 @@ anywhere. Which start for the image side reaches the best scene F1 and VQA at no
     python research/prefix_lm_from_pixels.py --stem stages              # Xiao et al.'s stem: 3x3 convs with BatchNorm
     python research/prefix_lm_from_pixels.py --stem maxpool --image-size 64   # each cell max-pooled to one token
     python research/prefix_lm_from_pixels.py --image-size 48 --lm-lr-scale 0.33   # the text side at a third of the rate
+    python research/prefix_lm_from_pixels.py --image-size 48 --lm-lr-scale 0.33 --projector mlp   # LLaVA-1.5's MLP map
+    python research/prefix_lm_from_pixels.py --image-size 48 --lm-lr-scale 0.33 --stem fine   # first conv at full size
+    python research/prefix_lm_from_pixels.py --image-size 96 --patch 32 --lm-lr-scale 0.33   # 32 px cells: no detail lost
 
 A ViT start gives its patch vectors as the image tokens and keeps learning with the whole model. Each run
 writes its numbers to research/results/prefix_lm_from_pixels/<name>.json.
@@ -44,6 +47,45 @@ class StagesStem(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
         self.net = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+
+
+class CellStem(nn.Module):
+    """Notebook 03's PixelStem with any patch size: two stride-2 3x3 convolutions, then a (patch/4) x (patch/4)
+    patchify, one token per `patch` px. At 96 px with 32 px patches each token is still one cell, but the 64 px scenes
+    are enlarged rather than shrunk, so the small objects (8 px across at 48 px) keep every pixel they were drawn
+    with: [B, 3, S, S] -> [B, (S/patch)^2, width]."""
+
+    def __init__(self, width: int, image_size: int, patch: int, channels: tuple[int, int] = (32, 64)):
+        super().__init__()
+        a, b = channels
+        self.image_size = image_size
+        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, S/2, S/2]
+                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/4, S/4]
+                                 nn.Conv2d(b, width, patch // 4, patch // 4))  # [B, width, S/patch, S/patch]
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+
+
+class FineStem(nn.Module):
+    """Notebook 03's PixelStem with its first convolution at the scene's full resolution (stride 1, not 2), so that
+    the small objects (8 px across at 48 px) keep their corners one layer longer; an 8 x 8 patchify after the one
+    stride-2 convolution keeps one token per 16 px cell: [B, 3, S, S] -> [B, (S/16)^2, width]."""
+
+    def __init__(self, width: int, image_size: int, channels: tuple[int, int] = (32, 64)):
+        super().__init__()
+        a, b = channels
+        self.image_size = image_size
+        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 1, 1), nn.GELU(),  # [B, a, S, S]
+                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/2, S/2]
+                                 nn.Conv2d(b, width, 8, 8))  # [B, width, S/16, S/16]
         self.norm = nn.LayerNorm(width)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -95,9 +137,14 @@ def main():
                    help="the world's 64 px scenes resized to this before the stem (48: one 16 px token per cell)")
     p.add_argument("--stem-channels", dest="stem_channels", default="32,64",
                    help="the conv stem's two widths before the patchify (notebook 03: 32,64)")
-    p.add_argument("--stem", default="patchify", choices=["patchify", "stages", "maxpool", "avgpool"],
-                   help="patchify: notebook 03's PixelStem; stages: Xiao et al.'s BatchNorm conv stem; maxpool, "
-                        "avgpool: convolutions, then each cell of the 3 x 3 grid pooled to one token")
+    p.add_argument("--stem", default="patchify", choices=["patchify", "fine", "stages", "maxpool", "avgpool"],
+                   help="patchify: notebook 03's PixelStem; fine: its first convolution at full resolution; stages: "
+                        "Xiao et al.'s BatchNorm conv stem; maxpool, avgpool: convolutions, then each cell of the "
+                        "3 x 3 grid pooled to one token")
+    p.add_argument("--patch", type=int, default=16,
+                   help="pixels per token side for the patchify stem (32 at --image-size 96: one token per cell)")
+    p.add_argument("--projector", default="linear", choices=["linear", "mlp"],
+                   help="the map from image tokens to the LM's width: linear (notebook 03) or LLaVA-1.5's two-layer MLP")
     p.add_argument("--lm-lr-scale", dest="lm_lr_scale", type=float, default=1.0,
                    help="the language model's rate as a fraction of --lr (the image side keeps --lr)")
     p.add_argument("--lock", action="store_true", help="keep a ViT start's weights as they are (LiT's locked tower)")
@@ -114,14 +161,21 @@ def main():
     text = encode_texts(tok, prompts, targets, max_length=32)
 
     pooled = args.stem in ("maxpool", "avgpool")
-    n_tokens = 9 if pooled else (args.image_size // 16) ** 2
-    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=n_tokens, text_len=32,
-                              dim=128, depth=4, n_heads=4, stem="conv", image_size=48 if pooled else args.image_size)
+    n_tokens = 9 if pooled else (args.image_size // args.patch) ** 2
+    config = prefix_lm.Config(vocab_size=len(tok), vision_dim=96, n_image_tokens=n_tokens, text_len=32, dim=128,
+                              depth=4, n_heads=4, stem="conv",
+                              image_size=48 if pooled or args.patch != 16 else args.image_size)
     torch.manual_seed(args.seed)
     model = prefix_lm.from_text_lm(config, unimodal.build_tiny("tiny-gpt"))
     channels = tuple(int(c) for c in args.stem_channels.split(","))
     if args.image == "conv" and channels != (32, 64):
         model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
+    if args.image == "conv" and args.patch != 16:
+        model.stem = CellStem(config.vision_dim, args.image_size, args.patch, channels)
+    if args.image == "conv" and args.stem == "fine":
+        model.stem = FineStem(config.vision_dim, config.image_size, channels)
+    if args.projector == "mlp":
+        model.visual = nn.Sequential(nn.Linear(config.vision_dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim))
     if args.image == "conv" and args.stem == "stages":
         model.stem = StagesStem(config.vision_dim, config.image_size)
     if args.image == "conv" and pooled:
