@@ -10,11 +10,6 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
     ("clip", "relation_swap_acc_negclip"): "the from-pixels CLIP is a bag of words (0.50), as ARO found, and 400 steps of "
                                            "NegCLIP's fine-tune barely move it (0.53); negatives from the first step "
                                            "reached 0.86 at seed 0 and 0.55 at seed 1 in research runs",
-    ("prefix_lm", "caption_f1"): "image tokens from pixels (a conv stem learned with the model, SimVLM's way, one token per "
-                                 "cell at 48 px; the language model at a third of the image side's rate) after 1,000 steps: "
-                                 "0.75 / 0.66 at seeds 0 / 1; the detector's region tokens meet it, the label-free stem does not",
-    ("prefix_lm", "vqa_acc"): "the same: 0.76 / 0.73; the stem learns shape at both seeds (shape questions 0.75 / 0.74), "
-                              "and the colour and absent questions, which find an object by its shape, trail (0.62-0.67)",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
                                      "the same mapper on the detector's labelled ViT gains a little (0.16 -> 0.20), the "
                                      "object list reaches 0.83, so the mapper learning to steer the LM is the first limit; "
