@@ -36,61 +36,49 @@ from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
 
-class StagesStem(nn.Module):
+class ConvTokens(nn.Module):
+    """A convolutional stem read as tokens: the scenes resized to `image_size`, then `net`, whose output grid gives one
+    LayerNorm'd token per position: [B, 3, S, S] -> [B, grid^2, width]."""
+
+    def __init__(self, net: nn.Module, image_size: int, width: int):
+        super().__init__()
+        self.net, self.image_size, self.norm = net, image_size, nn.LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+
+
+def stages_stem(width: int, image_size: int, channels: tuple[int, ...] = (24, 48, 96, 192)) -> ConvTokens:
     """"Early convolutions help transformers see better" (Xiao et al., 2021): four stride-2 3x3 convolutions, each
-    with BatchNorm and ReLU, then a 1x1 to the token width, in place of a patchify: [B, 3, S, S] -> [B, (S/16)^2, width]."""
-
-    def __init__(self, width: int, image_size: int, channels: tuple[int, ...] = (24, 48, 96, 192)):
-        super().__init__()
-        self.image_size, layers, c_in = image_size, [], 3
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
-            c_in = c
-        self.net = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
-        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+    with BatchNorm and ReLU, then a 1x1 to the token width, in place of a patchify: one token per 16 px."""
+    layers, c_in = [], 3
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        c_in = c
+    return ConvTokens(nn.Sequential(*layers, nn.Conv2d(c_in, width, 1)), image_size, width)
 
 
-class CellStem(nn.Module):
+def cell_stem(width: int, image_size: int, patch: int, channels: tuple[int, int] = (32, 64)) -> ConvTokens:
     """Notebook 03's PixelStem with any patch size: two stride-2 3x3 convolutions, then a (patch/4) x (patch/4)
-    patchify, one token per `patch` px. At 96 px with 32 px patches each token is still one cell, but the 64 px scenes
-    are enlarged rather than shrunk, so the small objects (8 px across at 48 px) keep every pixel they were drawn
-    with: [B, 3, S, S] -> [B, (S/patch)^2, width]."""
-
-    def __init__(self, width: int, image_size: int, patch: int, channels: tuple[int, int] = (32, 64)):
-        super().__init__()
-        a, b = channels
-        self.image_size = image_size
-        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, S/2, S/2]
-                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/4, S/4]
-                                 nn.Conv2d(b, width, patch // 4, patch // 4))  # [B, width, S/patch, S/patch]
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
-        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+    patchify, one token per `patch` px. At 96 px with 32 px patches each token is still one cell, but the 64 px
+    scenes are enlarged rather than shrunk, so the small objects (8 px across at 48 px) keep every pixel drawn."""
+    a, b = channels
+    return ConvTokens(nn.Sequential(nn.Conv2d(3, a, 3, 2, 1), nn.GELU(),  # [B, a, S/2, S/2]
+                                    nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/4, S/4]
+                                    nn.Conv2d(b, width, patch // 4, patch // 4)),  # [B, width, S/patch, S/patch]
+                      image_size, width)
 
 
-class FineStem(nn.Module):
+def fine_stem(width: int, image_size: int, channels: tuple[int, int] = (32, 64)) -> ConvTokens:
     """Notebook 03's PixelStem with its first convolution at the scene's full resolution (stride 1, not 2), so that
     the small objects (8 px across at 48 px) keep their corners one layer longer; an 8 x 8 patchify after the one
-    stride-2 convolution keeps one token per 16 px cell: [B, 3, S, S] -> [B, (S/16)^2, width]."""
-
-    def __init__(self, width: int, image_size: int, channels: tuple[int, int] = (32, 64)):
-        super().__init__()
-        a, b = channels
-        self.image_size = image_size
-        self.net = nn.Sequential(nn.Conv2d(3, a, 3, 1, 1), nn.GELU(),  # [B, a, S, S]
-                                 nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/2, S/2]
-                                 nn.Conv2d(b, width, 8, 8))  # [B, width, S/16, S/16]
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = resize(pixels, self.image_size, bounds=(-1.0, 1.0))
-        return self.norm(self.net(x).flatten(2).transpose(1, 2))
+    stride-2 convolution keeps one token per 16 px cell."""
+    a, b = channels
+    return ConvTokens(nn.Sequential(nn.Conv2d(3, a, 3, 1, 1), nn.GELU(),  # [B, a, S, S]
+                                    nn.Conv2d(a, b, 3, 2, 1), nn.GELU(),  # [B, b, S/2, S/2]
+                                    nn.Conv2d(b, width, 8, 8)),  # [B, width, S/16, S/16]
+                      image_size, width)
 
 
 class CellPoolStem(nn.Module):
@@ -171,13 +159,13 @@ def main():
     if args.image == "conv" and channels != (32, 64):
         model.stem = prefix_lm.PixelStem(config.vision_dim, config.image_size, channels)
     if args.image == "conv" and args.patch != 16:
-        model.stem = CellStem(config.vision_dim, args.image_size, args.patch, channels)
+        model.stem = cell_stem(config.vision_dim, args.image_size, args.patch, channels)
     if args.image == "conv" and args.stem == "fine":
-        model.stem = FineStem(config.vision_dim, config.image_size, channels)
+        model.stem = fine_stem(config.vision_dim, config.image_size, channels)
     if args.projector == "mlp":
         model.visual = nn.Sequential(nn.Linear(config.vision_dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim))
     if args.image == "conv" and args.stem == "stages":
-        model.stem = StagesStem(config.vision_dim, config.image_size)
+        model.stem = stages_stem(config.vision_dim, config.image_size)
     if args.image == "conv" and pooled:
         model.stem = CellPoolStem(config.vision_dim, config.image_size, args.stem[:3], channels)
     if args.image != "conv":
