@@ -10,6 +10,7 @@ Measures VQA, reasoning, detailed-description F1 and POPE on held-out scenes.
     python research/llava_recipe.py --stage1-steps 150 --stage2-steps 300 --batch 32 --lora-rank 8
     python research/llava_recipe.py --stage1-steps 150 --batch1 64 --stage2-steps 600 --batch 16 --scenes 5000 \
         --tower imagenet:stride16@192     # EfficientNet-Lite0 (ImageNet) cells in place of CLIP's patches
+    python research/llava_recipe.py --stage1-steps 150 --stage2-steps 2400 --batch 16 --buckets 4 --lm-lr-scale 0.33
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def question_chat(scene) -> list[dict]:
     return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]
 
 
-def stage_batches(tok, feats, chats, rows, batch, seed, max_length):
+def stage_batches(tok, feats, chats, rows, batch, seed, max_length, buckets=1):
     text = llava.encode_chats(tok, chats, max_length)
-    return StepBatches(range(len(chats)), batch, indexed_collate(feats, text, key="image_features", rows=torch.tensor(rows)),
-                       seed=seed)
+    collate = indexed_collate(feats, text, key="image_features", rows=torch.tensor(rows), buckets=buckets)
+    return StepBatches(range(len(chats)), batch, collate, seed=seed)
 
 
 def main() -> None:
@@ -51,6 +52,9 @@ def main() -> None:
     ap.add_argument("--batch1", type=int, default=None, help="stage 1's batch (default: --batch)")
     ap.add_argument("--lr1", type=float, default=3e-3)
     ap.add_argument("--lr2", type=float, default=1e-3)
+    ap.add_argument("--lm-lr-scale", type=float, default=1.0,
+                    help="stage 2: the LM's rate as a multiple of the projector's (notebook 03's two rates)")
+    ap.add_argument("--buckets", type=int, default=1, help="stage 2: each batch cut into this many length buckets")
     ap.add_argument("--data", choices=("instructions", "captions"), default="instructions")
     ap.add_argument("--lora-rank", type=int, default=0, help="stage 2: LoRA adapters of this rank (0: the whole LM)")
     ap.add_argument("--scenes", type=int, default=20_000)
@@ -80,13 +84,16 @@ def main() -> None:
     else:
         chats, rows = [caption_chat(s) for s in scenes], list(range(n))
     start = time.perf_counter()
-    fit(model, llava.batch_loss, stage_batches(tok, feats, chats, rows, args.batch, args.seed, model.max_text_len),
-        steps=args.stage2_steps, lr=args.lr2, seed=args.seed, progress=False)
+    batches = stage_batches(tok, feats, chats, rows, args.batch, args.seed, model.max_text_len, args.buckets)
+    lr_scales = {"lm": args.lm_lr_scale} if args.lm_lr_scale != 1 else None
+    fit(model, llava.batch_loss, batches, steps=args.stage2_steps, lr=args.lr2, lr_scales=lr_scales, seed=args.seed,
+        progress=False)
     stage2_seconds = time.perf_counter() - start
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = llava.measure(model.eval(), tok, bench)
     keep = ("vqa_acc", "reasoning_acc", "description_f1", "pope_acc", "pope_yes_to_absent", "caption_f1")
     lora = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
+    lora += f"-lmscale{args.lm_lr_scale:g}" if args.lm_lr_scale != 1 else ""
     run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}", args.seed,
                                args.scenes)
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
