@@ -7,6 +7,7 @@ with the share of ITM negatives taken from the world's swaps (`--swap`) and whic
     python research/fusion_swaps.py --steps 800                              # notebook 06's recipe, shorter
     python research/fusion_swaps.py --steps 800 --image regions              # the detector's region tokens
     python research/fusion_swaps.py --steps 800 --swap 1 --kinds swaps       # every negative an attribute or relation swap
+    python research/fusion_swaps.py --steps 8000 --swap 1 --kinds swaps      # ... for long enough to learn them (~20 min)
     python research/fusion_swaps.py --shipped                                # notebook 06's shipped model, no training
 
 Each run measures the ITM head on 1,500 training scenes against their own world negative, by kind, and notebook 06's
