@@ -92,9 +92,9 @@ def main() -> None:
     bench = evalsets.SceneBench.build(args.seed, args.eval)
     scores = llava.measure(model.eval(), tok, bench)
     keep = ("vqa_acc", "reasoning_acc", "description_f1", "pope_acc", "pope_yes_to_absent", "caption_f1")
-    lora = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
-    lora += f"-lmscale{args.lm_lr_scale:g}" if args.lm_lr_scale != 1 else ""
-    run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{lora}", args.seed,
+    suffix = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
+    suffix += f"-lmscale{args.lm_lr_scale:g}" if args.lm_lr_scale != 1 else ""
+    run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{suffix}", args.seed,
                                args.scenes)
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
                                                                k.startswith(("vqa_", "reasoning_"))},
