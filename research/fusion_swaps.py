@@ -15,7 +15,6 @@ held-out numbers (`fusion.measure`); it writes research/results/fusion_swaps/<na
 """
 
 import argparse
-import random
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -31,19 +30,6 @@ from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
 KINDS = {"all": ("attribute_swap", "relation_swap", "object_replacement"), "swaps": ("attribute_swap", "relation_swap")}
-
-
-def negatives_of(scenes, kinds: tuple[str, ...], seed: int) -> tuple[list[str], list[str]]:
-    """One world negative per scene among `kinds` (`fusion.world_negatives` when all kinds are allowed), and its kind;
-    a scene with none of them gets the next scene's caption ("random")."""
-    texts, names = [], []
-    for i, scene in enumerate(scenes):
-        options = [n for n in language.hard_negatives(scene) if n.kind in kinds]
-        rng = random.Random(f"{seed}:fusion-negative:{i}")
-        chosen = rng.choice(options) if options else None
-        texts.append(chosen.text if chosen else language.caption(scenes[(i + 1) % len(scenes)]))
-        names.append(chosen.kind if chosen else "random")
-    return texts, names
 
 
 @torch.no_grad()
@@ -116,7 +102,8 @@ def main():
     tok = load_tokenizer()
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
     images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
-    negative_texts, negative_kinds = negatives_of(scenes, KINDS[args.kinds], args.seed)
+    negatives = fusion.world_negatives(scenes, args.seed, kinds=KINDS[args.kinds])
+    negative_texts, negative_kinds = [n.text for n in negatives], [n.kind for n in negatives]
     result = {"args": vars(args)}
     if args.shipped:
         model = zoo.load_model("vilt-shapes")[0]

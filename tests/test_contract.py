@@ -68,7 +68,7 @@ def tiny_fusion(refs, tok):
     bench = evalsets.FusionBench.build(seed=0, n=4)
     scenes = bench.scenes.scenes
     captions, negatives = (encode_texts(tok, texts, max_length=30, ends=fusion.Fusion.text_ends)
-                           for texts in ([caption(s) for s in scenes], fusion.world_negatives(scenes)))
+                           for texts in ([caption(s) for s in scenes], [n.text for n in fusion.world_negatives(scenes)]))
     return fusion.Fusion.from_config(config.to_dict()), fusion.pretraining_collate(bench.scenes.images, captions,
                                                                                  negatives)(list(range(4))), bench
 

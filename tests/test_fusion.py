@@ -7,7 +7,7 @@ from torch.testing import assert_close
 
 from vlmlab import harness
 from vlmlab.data import evalsets
-from vlmlab.data.language import answer_vocabulary, caption
+from vlmlab.data.language import answer_vocabulary, caption, hard_negatives
 from vlmlab.data.loaders import StepBatches, encode_texts, to_float
 from vlmlab.strategies import fusion
 from vlmlab.train import fit
@@ -30,7 +30,7 @@ def scenes():
 @pytest.fixture
 def batch(tok, scenes):
     captions = encode_texts(tok, [caption(s) for s in scenes], max_length=30, ends=ENDS)
-    negatives = encode_texts(tok, fusion.world_negatives(scenes), max_length=30, ends=ENDS)
+    negatives = encode_texts(tok, [n.text for n in fusion.world_negatives(scenes)], max_length=30, ends=ENDS)
     return fusion.pretraining_collate(evalsets.images_of(scenes), captions, negatives)(list(range(len(scenes))))
 
 
@@ -88,6 +88,22 @@ def test_itm_negatives_are_never_the_images_own_caption(batch):
     ids, mask = fusion.itm_negatives(batch, 1.0, generator=g)
     width = batch["negative_input_ids"].size(1)
     assert torch.equal(ids[:, :width], batch["negative_input_ids"]) and not ids[:, width:].any()
+
+
+def test_world_negatives_keep_to_the_kinds_asked_for_and_fall_back_on_another_caption():
+    scenes = evalsets.generation_scenes(0, 200, split="train")
+    every = fusion.world_negatives(scenes)
+    assert {n.kind for n in every} == {"attribute_swap", "relation_swap", "object_replacement"}
+    swaps = fusion.world_negatives(scenes, kinds=("attribute_swap", "relation_swap"))
+    assert {n.kind for n in swaps} == {"attribute_swap", "relation_swap", "random"}  # one-object scenes have no swap
+    for i, n in enumerate(swaps):
+        if n.kind == "random":
+            assert n.text == caption(scenes[(i + 1) % len(scenes)])
+            assert all(m.kind == "object_replacement" for m in hard_negatives(scenes[i]))
+        else:
+            assert n.text != caption(scenes[i]) and n in hard_negatives(scenes[i])
+    with pytest.raises(ValueError, match="kinds"):
+        fusion.world_negatives(scenes, kinds="swaps")
 
 
 def test_masking_never_hides_cls_sep_or_padding(tok, batch):
@@ -179,7 +195,7 @@ def test_parity_with_hugging_face_vilt(tok):
 def test_a_short_run_learns_to_use_the_image(tok):
     scenes = evalsets.generation_scenes(0, 256, split="train")
     captions = encode_texts(tok, [caption(s) for s in scenes], max_length=30, ends=ENDS)
-    negatives = encode_texts(tok, fusion.world_negatives(scenes), max_length=30, ends=ENDS)
+    negatives = encode_texts(tok, [n.text for n in fusion.world_negatives(scenes)], max_length=30, ends=ENDS)
     model = tiny(tok, depth=1, image="regions", vision=None)
     features = torch.randn(256, 9, 20)  # stand-in region vectors, one fixed set per scene: a lookup to learn
     batches = StepBatches(range(256), 32, fusion.pretraining_collate(features, captions, negatives, "image_features"))

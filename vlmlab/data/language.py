@@ -160,7 +160,7 @@ def answer_vocabulary() -> list[str]:
 
 @dataclass(frozen=True)
 class Negative:
-    kind: str  # one of NEGATIVE_KINDS
+    kind: str  # one of NEGATIVE_KINDS ("random" where `fusion.world_negatives` falls back on another scene's caption)
     text: str
 
 
