@@ -333,6 +333,9 @@ def text_to_image_attention(model: Fusion, pixels: torch.Tensor, input_ids: torc
 # ---------------------------------------------------------------- data: captions, their swaps, questions
 
 
+WORLD_NEGATIVES = {"swaps": ("attribute_swap", "relation_swap"), "all": NEGATIVE_KINDS}  # notebook 06's choice
+
+
 def world_negatives(scenes: list[Scene], seed: int = 0, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[Negative]:
     """One hard negative caption per scene among `kinds` (`language.hard_negatives`: an attribute swap, a relation
     swap or an object replaced), drawn once per scene; a scene that has none of them gets the next scene's caption
