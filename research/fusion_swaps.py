@@ -1,10 +1,12 @@
-"""Side runs for notebook 06's open problem: its ITM head scores the world's attribute and relation swaps at chance
-on held-out pairs. Does it learn them on its own training scenes, and what changes that? The main recipe (ViLT's
-patches at 48 px from the label-free MAE, MLM + ITM + the VQA head, CLIP-mined in-batch negatives) or the detector's
-region tokens (`--image regions`: every cell's colour and shape handed over, so only the binding is left to learn),
-with the share of ITM negatives taken from the world's swaps (`--swap`) and which swaps they are (`--kinds`).
+"""Side runs for notebook 06's ITM head on the world's attribute and relation swaps. Its earlier main run (2,400 steps,
+half of the ITM negatives from the world's three kinds, half mined in the batch with CLIP) scored the swaps at chance
+on held-out pairs. Does it learn them on its own training scenes, and what changes that? ViLT's patches at 48 px from
+the label-free MAE with MLM + ITM + the VQA head, or the detector's region tokens (`--image regions`: every cell's
+colour and shape handed over, so only the binding is left to learn), with the share of ITM negatives taken from the
+world (`--swap`) and which kinds they are (`--kinds`). Notebook 06's main run is `--steps 8000 --swap 1 --kinds
+swaps`.
 
-    python research/fusion_swaps.py --steps 800                              # notebook 06's recipe, shorter
+    python research/fusion_swaps.py --steps 800                              # the earlier recipe, shorter
     python research/fusion_swaps.py --steps 800 --image regions              # the detector's region tokens
     python research/fusion_swaps.py --steps 800 --swap 1 --kinds swaps       # every negative an attribute or relation swap
     python research/fusion_swaps.py --steps 8000 --swap 1 --kinds swaps      # ... for long enough to learn them (~20 min)
@@ -85,7 +87,7 @@ def main():
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 0.5)")
+    p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 1)")
     p.add_argument("--kinds", default="all", choices=sorted(fusion.WORLD_NEGATIVES),
                    help="which world negatives: all, or the two swaps")
     p.add_argument("--image", default="patches", choices=("patches", "regions"))

@@ -7,8 +7,11 @@ as its section 8 does: 400 steps of 256 at 5e-4, weight decay 0.1, the canonical
 
     python research/negclip_negatives.py --draw fixed        # notebook 02's choice (reproduces negclip-shapes)
     python research/negclip_negatives.py --draw per-visit    # a fresh draw at each visit, fixed by the batch
+    python research/negclip_negatives.py --kinds swaps --steps 1600   # only the swaps, where a scene has one; longer
 
-Writes research/results/negclip_negatives/<draw>_<steps>_seed<seed>.json."""
+`--kinds swaps` keeps a scene's attribute and relation swaps as its negatives (a one-object scene, which has
+neither, keeps its replaced shape), as notebook 06's main run does. Writes
+research/results/negclip_negatives/<draw>_<steps>_lr<lr>[_<kinds>]_seed<seed>.json."""
 
 from __future__ import annotations
 
@@ -40,17 +43,24 @@ def per_visit_collate(tokenizer, max_length: int = 40):
     return collate
 
 
+def kept(negatives: list[language.Negative], kinds: str) -> list[str]:
+    """A scene's negatives under `--kinds`: all of them, or its swaps where it has any (else all)."""
+    swaps = [n.text for n in negatives if n.kind in ("attribute_swap", "relation_swap")]
+    return swaps if kinds == "swaps" and swaps else [n.text for n in negatives]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--draw", choices=("fixed", "per-visit"), default="fixed")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--kinds", choices=("all", "swaps"), default="all", help="which hard negatives a scene keeps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tok = load_tokenizer()
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", 30_000, paraphrase=True)
     items = [{"index": i, "image": train.images[i], "text": language.caption(s),
-              "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
+              "negatives": kept(language.hard_negatives(s), args.kinds)} for i, s in enumerate(train.scenes)]
     collate = negatives_collate(tok, max_length=40) if args.draw == "fixed" else per_visit_collate(tok)
     batches = StepBatches(items, 256, collate, seed=args.seed + 1)
     model = zoo.load_model("clip-shapes")[0]
@@ -60,7 +70,7 @@ def main():
     seconds = time.perf_counter() - start
     measured = clip.measure(model.eval(), tok, evalsets.DualEncoderBench.build(args.seed, 1000))
     keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc")
-    save_result(__file__, f"{args.draw}_{args.steps}_lr{args.lr:g}_seed{args.seed}",
+    save_result(__file__, f"{args.draw}_{args.steps}_lr{args.lr:g}{'_swaps' if args.kinds == 'swaps' else ''}_seed{args.seed}",
                 {"args": vars(args), "train_s": round(seconds, 1), **{k: round(measured[k], 4) for k in keys}})
 
 
