@@ -45,7 +45,7 @@ def per_visit_collate(tokenizer, max_length: int = 40):
 
 def kept(negatives: list[language.Negative], kinds: str) -> list[str]:
     """A scene's negatives under `--kinds`: all of them, or its swaps where it has any (else all)."""
-    swaps = [n.text for n in negatives if n.kind in ("attribute_swap", "relation_swap")]
+    swaps = [n.text for n in negatives if n.kind in language.SWAP_KINDS]
     return swaps if kinds == "swaps" and swaps else [n.text for n in negatives]
 
 

@@ -21,6 +21,7 @@ INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "belo
 RELATIONS = tuple(INVERSE)
 QUESTION_TYPES = ("color", "shape", "size", "count", "position", "exists", "absent")
 NEGATIVE_KINDS = ("attribute_swap", "relation_swap", "object_replacement")
+SWAP_KINDS = ("attribute_swap", "relation_swap")  # the two that keep every word of the caption
 
 
 def plural(shape: str) -> str:

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..attention import attention_weights, padding_mask, split_heads
 from ..data.evalsets import FusionBench
-from ..data.language import NEGATIVE_KINDS, Negative, caption, hard_negatives
+from ..data.language import NEGATIVE_KINDS, SWAP_KINDS, Negative, caption, hard_negatives
 from ..data.loaders import IGNORE_INDEX, TextBatch, indexed_collate
 from ..data.shapes import Scene
 from ..encoders import resize
@@ -333,7 +333,7 @@ def text_to_image_attention(model: Fusion, pixels: torch.Tensor, input_ids: torc
 # ---------------------------------------------------------------- data: captions, their swaps, questions
 
 
-WORLD_NEGATIVES = {"swaps": ("attribute_swap", "relation_swap"), "all": NEGATIVE_KINDS}  # notebook 06's choice
+WORLD_NEGATIVES = {"swaps": SWAP_KINDS, "all": NEGATIVE_KINDS}  # notebook 06's choice
 
 
 def world_negatives(scenes: list[Scene], seed: int = 0, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[Negative]:
