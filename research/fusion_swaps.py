@@ -88,7 +88,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--swap", type=float, default=0.5, help="share of ITM negatives from the world's swaps (notebook 06: 1)")
-    p.add_argument("--kinds", default="all", choices=sorted(fusion.WORLD_NEGATIVES),
+    p.add_argument("--kinds", default="all", choices=sorted(language.NEGATIVE_SETS),
                    help="which world negatives: all, or the two swaps")
     p.add_argument("--image", default="patches", choices=("patches", "regions"))
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
@@ -103,7 +103,7 @@ def main():
     tok = load_tokenizer()
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
     images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
-    negatives = fusion.world_negatives(scenes, args.seed, kinds=fusion.WORLD_NEGATIVES[args.kinds])
+    negatives = fusion.world_negatives(scenes, args.seed, kinds=language.NEGATIVE_SETS[args.kinds])
     negative_texts, negative_kinds = [n.text for n in negatives], [n.kind for n in negatives]
     result = {"args": vars(args)}
     if args.shipped:

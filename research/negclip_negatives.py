@@ -3,14 +3,15 @@ to three hard negatives (`language.hard_negatives`: an attribute swap, a relatio
 object replacement). Notebook 02's collate (`negatives_collate`) picks one per scene by the scene's index alone,
 so a two-object scene whose pick is its attribute swap never shows its relation swap. NegCLIP's own data loader
 draws a caption's negative at random at every visit. Both fine-tune notebook 02's shipped CLIP (`clip-shapes`)
-as its section 8 does: 400 steps of 256 at 5e-4, weight decay 0.1, the canonical captions of 30,000 training scenes.
+as its section 8 did: 400 steps of 256 at 5e-4, weight decay 0.1, the canonical captions of 30,000 training scenes.
 
-    python research/negclip_negatives.py --draw fixed        # notebook 02's choice (reproduces negclip-shapes)
+    python research/negclip_negatives.py --draw fixed        # notebook 02's earlier fine-tune (400 steps, all kinds)
     python research/negclip_negatives.py --draw per-visit    # a fresh draw at each visit, fixed by the batch
     python research/negclip_negatives.py --kinds swaps --steps 1600   # only the swaps, where a scene has one; longer
 
 `--kinds swaps` keeps a scene's attribute and relation swaps as its negatives (a one-object scene, which has
-neither, keeps its replaced shape), as notebook 06's main run does. Writes
+neither, keeps its replaced shape: `clip.negclip_negatives`), as notebook 02's section 8 does by default
+(`NEGCLIP_NEGATIVES`). Writes
 research/results/negclip_negatives/<draw>_<steps>_lr<lr>[_<kinds>]_seed<seed>.json."""
 
 from __future__ import annotations
@@ -43,24 +44,19 @@ def per_visit_collate(tokenizer, max_length: int = 40):
     return collate
 
 
-def kept(negatives: list[language.Negative], kinds: str) -> list[str]:
-    """A scene's negatives under `--kinds`: all of them, or its swaps where it has any (else all)."""
-    swaps = [n.text for n in negatives if n.kind in language.SWAP_KINDS]
-    return swaps if kinds == "swaps" and swaps else [n.text for n in negatives]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--draw", choices=("fixed", "per-visit"), default="fixed")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--kinds", choices=("all", "swaps"), default="all", help="which hard negatives a scene keeps")
+    parser.add_argument("--kinds", choices=sorted(language.NEGATIVE_SETS), default="all",
+                        help="which hard negatives a scene keeps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tok = load_tokenizer()
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", 30_000, paraphrase=True)
     items = [{"index": i, "image": train.images[i], "text": language.caption(s),
-              "negatives": kept(language.hard_negatives(s), args.kinds)} for i, s in enumerate(train.scenes)]
+              "negatives": clip.negclip_negatives(s, language.NEGATIVE_SETS[args.kinds])} for i, s in enumerate(train.scenes)]
     collate = negatives_collate(tok, max_length=40) if args.draw == "fixed" else per_visit_collate(tok)
     batches = StepBatches(items, 256, collate, seed=args.seed + 1)
     model = zoo.load_model("clip-shapes")[0]

@@ -12,6 +12,7 @@ from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from vlmlab.data.evalsets import DualEncoderBench, prompt_templates, single_objects
+from vlmlab.data.language import NEGATIVE_SETS, hard_negatives
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
 from vlmlab.data.shapes import COLORS, ShapesWorld
 from vlmlab.encoders import preprocess_images
@@ -30,6 +31,7 @@ from vlmlab.strategies.clip import (
     last_token_positions,
     measure,
     negclip_batch_loss,
+    negclip_negatives,
 )
 from vlmlab.train import fit
 
@@ -195,6 +197,19 @@ def test_negclip_negatives_raise_the_loss_only_through_image_to_text():
     assert_close(with_close, by_hand)
     with pytest.raises(ValueError, match="negative_text_emb"):
         contrastive_loss(image_emb, text_emb, 10.0, close_negatives[:2])
+
+
+def test_negclip_trains_a_scene_against_its_swaps_or_else_its_replaced_shape():
+    scenes = ShapesWorld(seed=0).scenes(200, "train")
+    for s in scenes:
+        every = [n.text for n in hard_negatives(s)]
+        assert negclip_negatives(s) == every
+        swaps = negclip_negatives(s, NEGATIVE_SETS["swaps"])
+        if len(s.objects) == 2:  # two objects: an attribute or relation swap, never the replaced shape
+            assert swaps and set(swaps) < set(every)
+        if len(s.objects) == 1:  # one object has no swap: it keeps its replaced shape
+            assert swaps == every == [n.text for n in hard_negatives(s, ("object_replacement",))]
+    assert {len(s.objects) for s in scenes} >= {1, 2}
 
 
 def test_negclip_batch_loss_is_contrastive_loss_with_the_batch_negatives(tok):

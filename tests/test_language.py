@@ -2,12 +2,15 @@
 
 from collections import Counter
 
+import pytest
+
 from vlmlab.data.language import (
     END_OF_CHUNK,
     IMAGE_TOKEN,
     NEGATIVE_KINDS,
     NUMBER_WORDS,
     QUESTION_TYPES,
+    SWAP_KINDS,
     answer_vocabulary,
     caption,
     captions,
@@ -109,6 +112,16 @@ def test_hard_negatives_are_false_and_reuse_the_words():
             assert n.kind in NEGATIVE_KINDS and n.text not in captions(s)
             if n.kind != "object_replacement":
                 assert sorted(n.text.split()) == sorted(caption(s).split())
+
+
+def test_hard_negatives_of_some_kinds_are_those_of_all_kinds_filtered():
+    for s in ShapesWorld(seed=3).scenes(100):
+        every = hard_negatives(s)
+        assert hard_negatives(s, SWAP_KINDS) == [n for n in every if n.kind in SWAP_KINDS]
+        assert hard_negatives(s, ("object_replacement",)) == [n for n in every if n.kind == "object_replacement"]
+    for bad in ((), ("colour_swap",), "swaps"):
+        with pytest.raises(ValueError, match="kinds"):
+            hard_negatives(make_scene(STAR, CIRCLE), bad)
 
 
 def test_hard_negatives_outside_heldout_never_name_a_heldout_pair():

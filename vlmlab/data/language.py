@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from ..params import require
 from .shapes import COLORS, HELDOUT_COMBOS, SHAPES, SIZES, Obj, Scene, relation
 
 IMAGE_TOKEN = "<image>"
@@ -22,6 +23,7 @@ RELATIONS = tuple(INVERSE)
 QUESTION_TYPES = ("color", "shape", "size", "count", "position", "exists", "absent")
 NEGATIVE_KINDS = ("attribute_swap", "relation_swap", "object_replacement")
 SWAP_KINDS = ("attribute_swap", "relation_swap")  # the two that keep every word of the caption
+NEGATIVE_SETS = {"swaps": SWAP_KINDS, "all": NEGATIVE_KINDS}  # the negatives notebooks 02 (NegCLIP) and 06 (ITM) train on
 
 
 def plural(shape: str) -> str:
@@ -173,14 +175,16 @@ def _describe(objs: list[Obj]) -> str:
     return listing(phrases)
 
 
-def hard_negatives(scene: Scene) -> list[Negative]:
-    """Captions that reuse the scene's words but are false (ARO / Winoground style).
+def hard_negatives(scene: Scene, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[Negative]:
+    """Captions that reuse the scene's words but are false (ARO / Winoground style), those of `kinds`.
 
     attribute_swap: two objects exchange their colours (or sizes);
     relation_swap: the two objects of a relation change places;
     object_replacement: one object's shape becomes a shape absent from the scene.
     Outside the heldout split no negative names a held-out colour-shape pair: training text never mentions one.
     """
+    unknown = set(kinds) - set(NEGATIVE_KINDS)
+    require(bool(kinds) and not unknown, "kinds", kinds, f"a non-empty tuple of {NEGATIVE_KINDS}")
     objs, out = list(scene.objects), []
     true_caption = caption(scene)
     allowed = lambda o: scene.split == "heldout" or (o.shape, o.color) not in HELDOUT_COMBOS
@@ -201,7 +205,7 @@ def hard_negatives(scene: Scene) -> list[Negative]:
         replaced = list(objs)
         replaced[k] = _replace(objs[k], shape=rng.choice(absent))
         out.append(Negative("object_replacement", _describe(replaced)))
-    return [n for n in out if n.text != true_caption]
+    return [n for n in out if n.text != true_caption and n.kind in kinds]
 
 
 def _replace(o: Obj, **changes) -> Obj:

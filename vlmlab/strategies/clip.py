@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.evalsets import DualEncoderBench
+from ..data.language import NEGATIVE_KINDS, hard_negatives
 from ..data.loaders import to_float
+from ..data.shapes import Scene
 from ..encoders import resize
 from ..harness import suite
 from ..hf_convert import hf_block_state, load_exactly
@@ -239,6 +241,13 @@ def batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]
     if model.config.loss == "sigmoid":
         return sigmoid_loss(logits_per_image), {"temperature": model.temperature, "bias": model.logit_bias.item()}
     return clip_loss(logits_per_image), {"temperature": model.temperature}
+
+
+def negclip_negatives(scene: Scene, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[str]:
+    """The hard negative captions NegCLIP fine-tunes a scene against (notebook 02, section 8): its negatives of
+    `kinds` (`language.NEGATIVE_SETS`), or all of them where it has none (a one-object scene has no swap, only its
+    replaced shape)."""
+    return [n.text for n in hard_negatives(scene, kinds) or hard_negatives(scene)]
 
 
 def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..attention import attention_weights, padding_mask, split_heads
 from ..data.evalsets import FusionBench
-from ..data.language import NEGATIVE_KINDS, SWAP_KINDS, Negative, caption, hard_negatives
+from ..data.language import NEGATIVE_KINDS, Negative, caption, hard_negatives
 from ..data.loaders import IGNORE_INDEX, TextBatch, indexed_collate
 from ..data.shapes import Scene
 from ..encoders import resize
@@ -333,18 +333,13 @@ def text_to_image_attention(model: Fusion, pixels: torch.Tensor, input_ids: torc
 # ---------------------------------------------------------------- data: captions, their swaps, questions
 
 
-WORLD_NEGATIVES = {"swaps": SWAP_KINDS, "all": NEGATIVE_KINDS}  # notebook 06's choice
-
-
 def world_negatives(scenes: list[Scene], seed: int = 0, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[Negative]:
     """One hard negative caption per scene among `kinds` (`language.hard_negatives`: an attribute swap, a relation
     swap or an object replaced), drawn once per scene; a scene that has none of them gets the next scene's caption
     (kind "random")."""
-    unknown = set(kinds) - set(NEGATIVE_KINDS)
-    require(bool(kinds) and not unknown, "kinds", kinds, f"a non-empty tuple of {NEGATIVE_KINDS}")
     out = []
     for i, scene in enumerate(scenes):
-        options = [n for n in hard_negatives(scene) if n.kind in kinds]
+        options = hard_negatives(scene, kinds)
         rng = random.Random(f"{seed}:fusion-negative:{i}")
         out.append(rng.choice(options) if options else Negative("random", caption(scenes[(i + 1) % len(scenes)])))
     return out
