@@ -7,9 +7,6 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                               "without a shape name; the vocabulary ensemble and a 16-shot probe score higher",
     ("clip", "zs_shape_acc"): "shape from pixels is unsolved: with one 16 px patch per cell the tower's CLS holds shape "
                               "(a linear probe reads 0.67) but the embedding and the generic prompts do not (0.16)",
-    ("clip", "relation_swap_acc_negclip"): "the from-pixels CLIP is a bag of words (0.50), as ARO found, and 400 steps of "
-                                           "NegCLIP's fine-tune barely move it (0.53); negatives from the first step "
-                                           "reached 0.86 at seed 0 and 0.55 at seed 1 in research runs",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
                                      "the same mapper on the detector's labelled ViT gains a little (0.16 -> 0.20), the "
                                      "object list reaches 0.83, so the mapper learning to steer the LM is the first limit; "
