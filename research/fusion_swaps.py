@@ -10,6 +10,7 @@ swaps`.
     python research/fusion_swaps.py --steps 800 --image regions              # the detector's region tokens
     python research/fusion_swaps.py --steps 800 --swap 1 --kinds swaps       # every negative an attribute or relation swap
     python research/fusion_swaps.py --steps 8000 --swap 1 --kinds swaps      # ... for long enough to learn them (~20 min)
+    python research/fusion_swaps.py --steps 8000 --swap 1 --kinds swaps --one-object replaced   # no random caption
     python research/fusion_swaps.py --shipped                                # notebook 06's shipped model, no training
 
 Each run measures the ITM head on 1,500 training scenes against their own world negative, by kind, and notebook 06's
@@ -91,6 +92,9 @@ def main():
     p.add_argument("--kinds", default="all", choices=sorted(language.NEGATIVE_SETS),
                    help="which world negatives: all, or the two swaps")
     p.add_argument("--image", default="patches", choices=("patches", "regions"))
+    p.add_argument("--one-object", dest="one_object", default="caption", choices=("caption", "replaced"),
+                   help="the negative of a scene that has no negative of --kinds: another scene's caption (notebook 06) "
+                        "or its object with the shape replaced")
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
     p.add_argument("--mae-lr-scale", dest="mae_lr_scale", type=float, default=1.0,
@@ -104,6 +108,9 @@ def main():
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
     images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
     negatives = fusion.world_negatives(scenes, args.seed, kinds=language.NEGATIVE_SETS[args.kinds])
+    if args.one_object == "replaced":  # a scene without a swap (one object) gets its shape replaced, not a caption
+        negatives = [language.hard_negatives(s)[0] if n.kind == "random" and language.hard_negatives(s) else n
+                     for s, n in zip(scenes, negatives)]
     negative_texts, negative_kinds = [n.text for n in negatives], [n.kind for n in negatives]
     result = {"args": vars(args)}
     if args.shipped:
@@ -123,7 +130,8 @@ def main():
     result |= {k: measured[k] for k in ("relation_swap_acc", "attribute_swap_acc", "itm_acc", "mlm_acc_image", "vqa_acc")}
     print(result)
     name = args.name or ("shipped" if args.shipped else f"{args.image}_{args.steps}_swap{args.swap:g}_{args.kinds}"
-                              + (f"_maelr{args.mae_lr_scale:g}" if args.mae_lr_scale != 1 else "") + f"_s{args.seed}")
+                              + (f"_maelr{args.mae_lr_scale:g}" if args.mae_lr_scale != 1 else "")
+                              + ("_replaced1obj" if args.one_object == "replaced" else "") + f"_s{args.seed}")
     save_result(__file__, name, result)
 
 
