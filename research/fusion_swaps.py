@@ -108,7 +108,7 @@ def main():
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
     images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
     negatives = fusion.world_negatives(scenes, args.seed, kinds=language.NEGATIVE_SETS[args.kinds])
-    if args.one_object == "replaced":  # a scene without a swap (one object) gets its shape replaced, not a caption
+    if args.one_object == "replaced":  # a scene without a swap (one object, mostly) gets a shape replaced, not a caption
         negatives = [language.hard_negatives(s)[0] if n.kind == "random" and language.hard_negatives(s) else n
                      for s, n in zip(scenes, negatives)]
     negative_texts, negative_kinds = [n.text for n in negatives], [n.kind for n in negatives]
