@@ -94,7 +94,7 @@ def main():
     p.add_argument("--image", default="patches", choices=("patches", "regions"))
     p.add_argument("--one-object", dest="one_object", default="caption", choices=("caption", "replaced"),
                    help="the negative of a scene that has no negative of --kinds: another scene's caption (notebook 06) "
-                        "or its object with the shape replaced")
+                        "or one of its objects with the shape replaced")
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=1000)
     p.add_argument("--mae-lr-scale", dest="mae_lr_scale", type=float, default=1.0,
@@ -109,8 +109,7 @@ def main():
     images, texts = evalsets.images_of(scenes), [language.caption(s) for s in scenes]
     negatives = fusion.world_negatives(scenes, args.seed, kinds=language.NEGATIVE_SETS[args.kinds])
     if args.one_object == "replaced":  # a scene without a swap (one object, mostly) gets a shape replaced, not a caption
-        negatives = [language.hard_negatives(s)[0] if n.kind == "random" and language.hard_negatives(s) else n
-                     for s, n in zip(scenes, negatives)]
+        negatives = [(language.hard_negatives(s) or [n])[0] if n.kind == "random" else n for s, n in zip(scenes, negatives)]
     negative_texts, negative_kinds = [n.text for n in negatives], [n.kind for n in negatives]
     result = {"args": vars(args)}
     if args.shipped:
