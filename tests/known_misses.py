@@ -22,9 +22,6 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
                              "(0.48) and size (0.27) questions name their object by its shape, and the model, when it cannot "
                              "find it, answers 'there is no ...' (46% of them), though the grid holds each cell's colour "
                              "and size",
-    ("fusion", "mlm_acc_image"): "ViLT's patches after 8,000 steps from the label-free MAE ViT: colour words are read "
-                                 "(0.997), shape words mostly (0.84; the empty picture 0.16): 0.917 / 0.925 at "
-                                 "seeds 0 / 1; 12,000 steps reach 0.959 at seed 0 (research/fusion_swaps.py), not shipped",
     ("blip2", "caption_f1"): "the Q-Former's queries as a soft prompt into the frozen tiny LM after 300 stage-1 and 400 "
                              "stage-2 steps on notebook 02's label-free CLIP tower: the captioner writes worse captions "
                              "than the Q-Former's own ITG head, stage 1 does not help stage 2, shape does not reach the queries",
