@@ -71,6 +71,17 @@ def test_every_notebook_has_a_parameters_cell_with_the_common_knobs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
 
 
+def test_notebook_prose_stands_on_its_own():
+    """A learner reads the notebook, not the repository around it: its markdown never sends them to the README for
+    a number (a second seed or an arm is a parameter to set and run)."""
+    import nbformat
+
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "markdown":
+                assert "README" not in cell.source, f"{path.name} cell {i} refers the learner to the README"
+
+
 COMPARISON = {"≥": ">=", "≤": "<=", "<": "<", ">": ">"}
 
 
