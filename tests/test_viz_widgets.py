@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import io  # noqa: E402
+import warnings  # noqa: E402
 from datetime import datetime  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -72,6 +73,17 @@ def test_heatmap_and_curves():
     fig = viz.training_curves(history)
     assert len(fig.axes) == 2
     assert list(fig.axes[1].lines[0].get_ydata()) == [0.5, 0.9]
+
+
+def test_heatmap_of_long_captions_fits_its_labels():
+    """Notebook 02's heatmaps label rows and columns with whole captions (up to ~90 characters): the figure makes
+    room for them, so the learner sees no 'tight layout not applied' warning and no label cut off."""
+    captions = [caption(s) for s in ShapesWorld(seed=0).scenes(8)]
+    assert max(map(len, captions)) > 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = viz.similarity_heatmap(torch.rand(8, 8), captions, captions)
+    assert all(len(line) <= 36 for t in fig.axes[0].get_yticklabels() for line in t.get_text().split("\n"))
 
 
 def test_describe_scene_lists_graph_captions_negatives_and_questions():

@@ -47,10 +47,13 @@ def similarity_heatmap(sim, row_labels: Sequence[str] | None = None, col_labels:
     """A similarity matrix [R, C] as a heatmap, optionally with the values written in."""
     sim = np.asarray(sim.detach().cpu() if isinstance(sim, torch.Tensor) else sim, dtype=float)
     r, c = sim.shape
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * c + 2), max(3, 0.45 * r + 1.5)))
+    rows, cols = (["\n".join(textwrap.wrap(str(x), 36)) for x in labels] if labels else [str(k) for k in range(n)]
+                  for labels, n in ((row_labels, r), (col_labels, c)))  # long captions on up to three lines
+    width = max(len(line) for label in rows + cols for line in label.split("\n"))  # characters, ~0.06 in each
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * c + 2 + 0.06 * width), max(3, 0.45 * r + 1.5 + 0.05 * width)))
     im = ax.imshow(sim, cmap=cmap)
-    ax.set_xticks(range(c), col_labels or range(c), rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(r), row_labels or range(r), fontsize=8)
+    ax.set_xticks(range(c), cols, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(r), rows, fontsize=8)
     if annotate and r * c <= 400:
         for i in range(r):
             for j in range(c):
