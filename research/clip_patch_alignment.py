@@ -21,6 +21,10 @@ side holds, whatever the text side makes of it).
         # GPT) writing each scene's canonical caption from the image tower's 9 patch vectors
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --image-lr-scale 0.25
         # the main run with the MAE-started image tower at a quarter of the rate (the text tower and heads at the rate)
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --eval-every 150
+        # the main run, measured every 150 steps: when does zero-shot colour come, and does it stay?
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --text-start tiny-lm --eval-every 150
+        # the same with the text tower started from notebook 01's tiny LM, which read the world's questions too
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -50,19 +54,26 @@ from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
 
-def started_clip(start: str, size: int, seed: int) -> clip.CLIP:
+def started_clip(start: str, size: int, seed: int, text_start: str | None = None) -> clip.CLIP:
     """A CLIP reading `size` px images (`vlmlab.nn.resized_vit`): notebook 02's shipped one continued
     (`clip-shapes`), or a fresh one whose image tower starts from notebook 01's label-free MAE ViT (`tiny-vit-mae`),
-    as notebook 02's main run does."""
+    as notebook 02's main run does. `text_start="tiny-lm"` starts the fresh one's text tower from notebook 01's
+    tiny LM, pre-trained on all of the world's text (its causal transformer; CLIP pools at <eos> as before);
+    "tiny-lm-shape" gives it the tiny LM's size with random weights (the control)."""
     shipped = zoo.load_model("clip-shapes")[0]
     if start == "clip-shapes":
         shipped.image_tower = vnn.resized_vit(shipped.image_tower, size)
         shipped.config.vision = shipped.image_tower.config
         return shipped
     shipped.config.vision.image_size = size
+    lm = unimodal.build_tiny("tiny-lm") if text_start else None
+    if lm is not None:
+        shipped.config.text = lm.config
     torch.manual_seed(seed)
     model = clip.CLIP(shipped.config)
     model.image_tower.load_state_dict(vnn.resized_vit(unimodal.build_tiny("tiny-vit-mae"), size).state_dict())
+    if text_start == "tiny-lm":
+        model.text_tower.load_state_dict(lm.transformer.state_dict())
     return model
 
 
@@ -141,6 +152,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", dest="image_size", type=int, default=48)
     p.add_argument("--start", default="clip-shapes", choices=("clip-shapes", "tiny-vit-mae"))
+    p.add_argument("--text-start", dest="text_start", default=None, choices=("tiny-lm", "tiny-lm-shape"),
+                   help="with --start tiny-vit-mae: the text tower starts from notebook 01's tiny LM, or has its size "
+                        "with random weights (default: notebook 02's smaller tower, random)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -155,13 +169,19 @@ def main():
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
     p.add_argument("--image-lr-scale", dest="image_lr_scale", type=float, default=1.0,
                    help="the image tower's rate as a fraction of --lr (MAE fine-tuning steps its trained layers slower)")
+    p.add_argument("--text-lr-scale", dest="text_lr_scale", type=float, default=1.0,
+                   help="the text tower's rate as a fraction of --lr (for a text tower started from the tiny LM)")
     p.add_argument("--caption-weight", dest="caption_weight", type=float, default=0.0,
                    help="add a captioning loss with this weight (CoCa): a PrefixLM reading the image tower's patches")
     p.add_argument("--save", default=None,
                    help="save the trained CLIP under this name in the user cache ($VLMLAB_CACHE), for the recipes "
                         "that read a tower (`--tower clip:NAME`)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=0,
+                   help="also measure retrieval and zero-shot every N steps of the run (the curve; 0: only at the end)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.text_start and args.start != "tiny-vit-mae":
+        p.error("--text-start starts a fresh CLIP's text tower: use it with --start tiny-vit-mae")
 
     tok = load_tokenizer()
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
@@ -182,7 +202,7 @@ def main():
     else:
         batches = lambda step: collate(torch.randperm(len(images), generator=torch.Generator().manual_seed(
             args.seed * 100_003 + step))[: args.batch].tolist())
-    model = started_clip(args.start, args.image_size, args.seed)
+    model = started_clip(args.start, args.image_size, args.seed, args.text_start)
     model.image_tower.patch_embed.requires_grad_(not args.freeze_patch_embed)
     bench = evalsets.DualEncoderBench.build(args.seed, 1000)
     bench.images.update({k: resized(v, args.image_size) for k, v in bench.images.items()})
@@ -190,15 +210,20 @@ def main():
 
     start = time.perf_counter()
     trained, loss = (CoCa(model, tok), coca_loss(args.caption_weight)) if args.caption_weight else (model, loss)
-    tower = next(name for name, module in trained.named_modules() if module is model.image_tower)
-    fit(trained, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, lr_scales={tower: args.image_lr_scale},
-        seed=args.seed, progress=False)
-    train_s = time.perf_counter() - start
+    names = {module: name for name, module in trained.named_modules()}
+    scales = {names[model.image_tower]: args.image_lr_scale, names[model.text_tower]: args.text_lr_scale}
+    curve_keys = ("t2i_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "relation_swap_acc")
+    during = (lambda _: {k: clip.measure(model, tok, bench)[k] for k in curve_keys}) if args.eval_every else None
+    history = fit(trained, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1,
+                  lr_scales=scales, eval_fn=during, eval_every=args.eval_every, seed=args.seed,
+                  progress=False)
+    train_s = time.perf_counter() - start  # with the curve's measurements, when --eval-every asks for them
     measured = clip.measure(model.eval(), tok, bench)
     keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "zs_shape_acc_vocab",
             "relation_swap_acc", "attribute_swap_acc", "heldout_combo_acc")
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
-              **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before}
+              **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before,
+              **({"curve": history.as_dict()["evals"]} if args.eval_every else {})}
     if args.save:
         zoo.save_model(args.save, model, {k: measured[k] for k in keys}, strategy="clip")
     if args.negclip_steps:
@@ -212,7 +237,10 @@ def main():
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
         f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (
-        f"_imagelr{args.image_lr_scale:g}" if args.image_lr_scale != 1 else "") + (f"_seed{args.seed}" if args.seed else "") + (
+        f"_imagelr{args.image_lr_scale:g}" if args.image_lr_scale != 1 else "") + (
+        f"_textlr{args.text_lr_scale:g}" if args.text_lr_scale != 1 else "") + (
+        f"_curve{args.eval_every}" if args.eval_every else "") + (
+        f"_text-{args.text_start}" if args.text_start else "") + (f"_seed{args.seed}" if args.seed else "") + (
         f"_saved-{args.save}" if args.save else "")
     save_result(__file__, name, result)
 

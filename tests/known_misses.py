@@ -4,7 +4,8 @@ fail until its entry is removed."""
 
 KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
     ("clip", "zs_color_acc"): "CLIP from pixels with generic prompts ('a {} shape'): the text tower never read a colour "
-                              "without a shape name; the vocabulary ensemble and a 16-shot probe score higher",
+                              "without a shape name; the vocabulary ensemble and a 16-shot probe score higher, and a "
+                              "text tower started from the tiny LM 0.80-0.90 (research/README.md)",
     ("clip", "zs_shape_acc"): "shape from pixels is unsolved: with one 16 px patch per cell the tower's CLS holds shape "
                               "(a linear probe reads 0.67) but the embedding and the generic prompts do not (0.16)",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
