@@ -117,3 +117,18 @@ def test_notebook_03_a_prefix_of_length_0_is_a_plain_causal_mask():
     from vlmlab.attention import causal_mask, prefix_mask
 
     assert torch.equal(prefix_mask(7, prefix_len=0), causal_mask(7))
+
+
+def test_notebook_03_the_environment_picks_pytorchs_cpu_kernels():
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("an x86 CPU with AVX2 is needed to choose between its kernels")
+    ask = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+    forced = subprocess.run(ask, env=os.environ | {"ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True,
+                            check=True)
+    assert forced.stdout.strip() == "AVX2"
