@@ -14,6 +14,8 @@ side holds, whatever the text side makes of it).
         # notebook 02's main run and its NegCLIP fine-tune, at 48 px
     python research/clip_patch_alignment.py --negclip            # NegCLIP's hard negative captions in every batch
     python research/clip_patch_alignment.py --canonical          # its control: the canonical captions, no negatives
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --negclip --negative-kinds object_replacement
+        # the main run with one negative per caption from the first step, always a shape replaced by an absent one
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --freeze-patch-embed
         # the main run with the MAE's patch projection kept as it starts
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --caption-weight 1
@@ -161,6 +163,9 @@ def main():
     p.add_argument("--neighbours", type=int, default=0, help="group size of caption-neighbour batches (0: random)")
     p.add_argument("--negclip", action="store_true", help="canonical captions, each with one hard negative (notebook 02)")
     p.add_argument("--canonical", action="store_true", help="canonical captions, no negatives: --negclip's control")
+    p.add_argument("--negative-kinds", dest="negative_kinds", default="all", choices=("all", "object_replacement"),
+                   help="with --negclip: the hard negatives drawn (object_replacement: one object's shape replaced by "
+                        "an absent one, the only kind a one-object scene has)")
     p.add_argument("--negclip-steps", dest="negclip_steps", type=int, default=0,
                    help="then NegCLIP's fine-tune for this many steps, as notebook 02 does (80)")
     p.add_argument("--negclip-lr", dest="negclip_lr", type=float, default=5e-4, help="its learning rate (notebook 02: 5e-4)")
@@ -182,6 +187,8 @@ def main():
     args = p.parse_args()
     if args.text_start and args.start != "tiny-vit-mae":
         p.error("--text-start starts a fresh CLIP's text tower: use it with --start tiny-vit-mae")
+    if args.negative_kinds != "all" and not args.negclip:
+        p.error("--negative-kinds picks --negclip's negatives: use it with --negclip")
 
     tok = load_tokenizer()
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
@@ -191,8 +198,9 @@ def main():
     if args.caption_weight:
         canonical = [language.caption(s) for s in train.scenes]
         collate = with_captions(collate, encode_texts(tok, [""] * len(canonical), canonical, max_length=32))
+    kinds = language.NEGATIVE_KINDS if args.negative_kinds == "all" else (args.negative_kinds,)
     items = [{"index": i, "image": images[i], "text": language.caption(s),
-              "negatives": [n.text for n in language.hard_negatives(s)]} for i, s in enumerate(train.scenes)]
+              "negatives": [n.text for n in language.hard_negatives(s, kinds)]} for i, s in enumerate(train.scenes)]
     negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
     loss = clip.negclip_batch_loss if args.negclip else clip.batch_loss
     if args.negclip:
@@ -232,7 +240,8 @@ def main():
         after = clip.measure(model.eval(), tok, bench)
         result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
     name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
-        "_negclip" if args.negclip else "") + ("_canonical" if args.canonical else "") + (
+        "_negclip" if args.negclip else "") + (
+        f"-{args.negative_kinds}" if args.negative_kinds != "all" else "") + ("_canonical" if args.canonical else "") + (
         "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
         f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
         f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
