@@ -150,6 +150,19 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
     return out
 
 
+def run_name(args) -> str:
+    """The results file's name: the start, size and steps, then a suffix for each setting that is not the default."""
+    suffixes = ((args.neighbours, f"_neighbours{args.neighbours}"), (args.negclip, "_negclip"),
+                (args.negative_kinds != "all", f"-{args.negative_kinds}"), (args.canonical, "_canonical"),
+                (args.freeze_patch_embed, "_frozen_patch_embed"), (args.negclip_steps, f"_then_negclip{args.negclip_steps}"),
+                (args.negclip_lr != 5e-4, f"_lr{args.negclip_lr:g}"), (args.caption_weight, f"_caption{args.caption_weight:g}"),
+                (args.image_lr_scale != 1, f"_imagelr{args.image_lr_scale:g}"),
+                (args.text_lr_scale != 1, f"_textlr{args.text_lr_scale:g}"), (args.eval_every, f"_curve{args.eval_every}"),
+                (args.text_start, f"_text-{args.text_start}"), (args.seed, f"_seed{args.seed}"),
+                (args.save, f"_saved-{args.save}"))
+    return f"{args.start}_size{args.image_size}_{args.steps}" + "".join(suffix for chosen, suffix in suffixes if chosen)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", dest="image_size", type=int, default=48)
@@ -239,19 +252,7 @@ def main():
             weight_decay=0.1, seed=args.seed, progress=False)
         after = clip.measure(model.eval(), tok, bench)
         result["after_negclip"] = {k: after[k] for k in keys} | probes(model, args.image_size, args.seed)
-    name = f"{args.start}_size{args.image_size}_{args.steps}" + (f"_neighbours{args.neighbours}" if args.neighbours else "") + (
-        "_negclip" if args.negclip else "") + (
-        f"-{args.negative_kinds}" if args.negative_kinds != "all" else "") + ("_canonical" if args.canonical else "") + (
-        "_frozen_patch_embed" if args.freeze_patch_embed else "") + (
-        f"_then_negclip{args.negclip_steps}" if args.negclip_steps else "") + (
-        f"_lr{args.negclip_lr:g}" if args.negclip_lr != 5e-4 else "") + (
-        f"_caption{args.caption_weight:g}" if args.caption_weight else "") + (
-        f"_imagelr{args.image_lr_scale:g}" if args.image_lr_scale != 1 else "") + (
-        f"_textlr{args.text_lr_scale:g}" if args.text_lr_scale != 1 else "") + (
-        f"_curve{args.eval_every}" if args.eval_every else "") + (
-        f"_text-{args.text_start}" if args.text_start else "") + (f"_seed{args.seed}" if args.seed else "") + (
-        f"_saved-{args.save}" if args.save else "")
-    save_result(__file__, name, result)
+    save_result(__file__, run_name(args), result)
 
 
 if __name__ == "__main__":
