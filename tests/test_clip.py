@@ -14,10 +14,10 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from vlmlab.data.evalsets import DualEncoderBench, prompt_templates, single_objects
 from vlmlab.data.language import NEGATIVE_SETS, hard_negatives
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
-from vlmlab.data.shapes import COLORS, ShapesWorld
+from vlmlab.data.shapes import COLORS, SHAPES, ShapesWorld
 from vlmlab.encoders import preprocess_images
 from vlmlab.evaluate import retrieval_recall
-from vlmlab.harness import embed_images, embed_texts, zero_shot_attribute, zero_shot_classifier
+from vlmlab.harness import embed_images, embed_texts, zero_shot_attribute, zero_shot_classifier, zero_shot_in_caption
 from vlmlab.nn import TextConfig, ViT, ViTConfig
 from vlmlab.protocols import DualEncoder, PairScorer
 from vlmlab.strategies.clip import (
@@ -382,6 +382,32 @@ def test_zero_shot_attribute_is_exact_for_a_colour_oracle_and_chance_for_shapes(
     assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "color", ["a large {} star"]) == 1.0
     shapes_named_with_colours = prompt_templates("shape", "vocabulary")  # the oracle needs a colour word to read
     assert zero_shot_attribute(oracle, tokenizer, image_emb, scenes, "shape", shapes_named_with_colours) < 0.4
+
+
+class ConjunctionOracle(ColourOracle):
+    """A stand-in dual encoder that knows colour-shape pairs and nothing else: its text vector is the one-hot of the
+    pair a text names, and zero when the text names no colour (as a generic shape prompt does)."""
+
+    def encode_text(self, input_ids, attention_mask=None):
+        out = torch.zeros(len(input_ids), len(COLORS) * len(SHAPES))
+        for row, ids in enumerate(input_ids):
+            words = self.tokenizer.decode(ids, skip_special_tokens=True).split()
+            colour, shape = (next((w for w in words if w in names), None) for names in (COLORS, SHAPES))
+            if colour and shape:
+                out[row, COLORS.index(colour) * len(SHAPES) + SHAPES.index(shape)] = 1.0
+        return out
+
+
+def test_zero_shot_in_caption_reads_a_conjunction_that_generic_prompts_cannot(tok):
+    scenes = single_objects(seed=0, n=70)
+    pair = lambda s: COLORS.index(s.objects[0].color) * len(SHAPES) + SHAPES.index(s.objects[0].shape)
+    image_emb = F.one_hot(torch.tensor([pair(s) for s in scenes]), len(COLORS) * len(SHAPES)).float()
+    oracle = ConjunctionOracle(tok, COLORS)
+    assert zero_shot_in_caption(oracle, tok, image_emb, scenes, "shape") == 1.0
+    assert zero_shot_in_caption(oracle, tok, image_emb, scenes, "color") == 1.0
+    assert zero_shot_attribute(oracle, tok, image_emb, scenes, "shape") < 0.4  # no colour word, no pair to read
+    shuffled = image_emb[torch.randperm(len(scenes), generator=torch.Generator().manual_seed(0))]
+    assert zero_shot_in_caption(oracle, tok, shuffled, scenes, "shape") < 0.4  # another image's pair reads wrong
 
 
 def test_measure_reports_every_benchmark_in_range(tok):

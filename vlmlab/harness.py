@@ -109,6 +109,24 @@ def image_features(model, images: torch.Tensor, batch_size: int = 512) -> torch.
     return torch.cat([model.image_features(to_float(chunk).to(device)) for chunk in images.split(batch_size)])
 
 
+@torch.no_grad()
+def zero_shot_in_caption(model, tokenizer, image_emb: torch.Tensor, scenes: list[Scene], attribute: str) -> float:
+    """A diagnostic beside zero-shot (notebook 02): each one-object scene's own canonical caption against its twins
+    with `attribute` replaced ('a large white {}' over the shapes when the object is a large white star). The
+    other words come from the scene's labels, so this is not zero-shot: it asks whether the two towers agree on
+    the attribute inside a caption like those they trained on, where a generic prompt names it alone."""
+    names = ATTRIBUTE_NAMES[attribute]
+    frame = "a {size} {{}} {shape}" if attribute == "color" else "a {size} {color} {{}}"
+    own = [frame.format(size=s.objects[0].size, color=s.objects[0].color, shape=s.objects[0].shape) for s in scenes]
+    frames = sorted(set(own))
+    texts = embed_texts(model, tokenizer, [f.format(name) for f in frames for name in names])
+    classes = F.normalize(texts.view(len(frames), len(names), -1), dim=-1)                # [F, C, E]
+    which = torch.tensor([frames.index(f) for f in own], device=classes.device)
+    scores = torch.einsum("ne,nce->nc", F.normalize(image_emb.to(classes), dim=-1), classes[which])  # [N, C]
+    labels = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
+    return (scores.argmax(dim=-1).cpu() == labels).float().mean().item()
+
+
 def _subset(metrics: dict[str, float], suffix: str = "_novel") -> dict[str, float]:
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
