@@ -27,6 +27,10 @@ side holds, whatever the text side makes of it).
         # the main run, measured every 150 steps: when does zero-shot colour come, and does it stay?
     python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --text-start tiny-lm --eval-every 150
         # the same with the text tower started from notebook 01's tiny LM, which read the world's questions too
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --drop-attributes 0.5 [--draws 4]
+        # the main run on captions that leave each object's size and colour out with probability 0.5 ('a star left of
+        # a red circle'), one such caption per scene or four drawn afresh, one read per visit; the results add
+        # zero-shot shape inside the object's own caption (`harness.zero_shot_in_caption`)
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -35,6 +39,7 @@ Each run writes research/results/clip_patch_alignment/<name>.json.
 """
 
 import argparse
+import random
 import time
 from itertools import islice
 
@@ -150,10 +155,23 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def leaving_out(scene, text: str, rate: float, rng) -> str:
+    """`text` (a caption of `scene`) with each object's size and colour each left out with probability `rate`
+    ('a large red star' -> 'a red star', 'a star'): captions that name an object without describing it fully, as
+    people's alt-text does, and as CLIP's generic prompts ('a picture of a star') do. The shape noun always stays."""
+    for obj in scene.objects:
+        kept = [word for word in (obj.size, obj.color) if rng.random() >= rate]
+        text = text.replace(language.a(obj.phrase), language.a(" ".join([*kept, obj.shape])))
+    return text
+
+
 def run_name(args) -> str:
     """The results file's name: the start, size and steps, then a suffix for each setting that is not the default."""
     suffixes = ((args.neighbours, f"_neighbours{args.neighbours}"), (args.negclip, "_negclip"),
                 (args.negative_kinds != "all", f"-{args.negative_kinds}"), (args.canonical, "_canonical"),
+                (args.drop_attributes, f"_drop{args.drop_attributes:g}"),
+                (args.draws != 1, f"_draws{args.draws}"),
                 (args.freeze_patch_embed, "_frozen_patch_embed"), (args.negclip_steps, f"_then_negclip{args.negclip_steps}"),
                 (args.negclip_lr != 5e-4, f"_lr{args.negclip_lr:g}"), (args.caption_weight, f"_caption{args.caption_weight:g}"),
                 (args.image_lr_scale != 1, f"_imagelr{args.image_lr_scale:g}"),
@@ -182,6 +200,10 @@ def main():
     p.add_argument("--negclip-steps", dest="negclip_steps", type=int, default=0,
                    help="then NegCLIP's fine-tune for this many steps, as notebook 02 does (80)")
     p.add_argument("--negclip-lr", dest="negclip_lr", type=float, default=5e-4, help="its learning rate (notebook 02: 5e-4)")
+    p.add_argument("--drop-attributes", dest="drop_attributes", type=float, default=0.0,
+                   help="leave each object's size and colour out of its training caption with this probability")
+    p.add_argument("--draws", type=int, default=1,
+                   help="with --drop-attributes: this many captions of each scene, one picked at each visit")
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
     p.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action="store_true",
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
@@ -200,6 +222,10 @@ def main():
     args = p.parse_args()
     if args.text_start and args.start != "tiny-vit-mae":
         p.error("--text-start starts a fresh CLIP's text tower: use it with --start tiny-vit-mae")
+    if args.drop_attributes and (args.negclip or args.caption_weight):
+        p.error("--drop-attributes changes the paraphrased captions: use it without --negclip and --caption-weight")
+    if args.draws < 1 or (args.draws > 1 and not args.drop_attributes):
+        p.error("--draws must be at least 1, and above 1 only with --drop-attributes")
     if args.negative_kinds != "all" and not args.negclip:
         p.error("--negative-kinds picks --negclip's negatives: use it with --negclip")
 
@@ -207,7 +233,12 @@ def main():
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
     images = resized(train.images, args.image_size)
     texts = [language.caption(s) for s in train.scenes] if args.canonical else [train.text(i) for i in range(len(train))]
-    collate = indexed_collate(images, encode_texts(tok, texts, max_length=40))
+    if args.drop_attributes:  # `draws` captions of each scene, each leaving out its own words; one read per visit
+        rng = random.Random(f"leave-out:{args.seed}")
+        texts = [leaving_out(s, text, args.drop_attributes, rng)
+                 for _ in range(args.draws) for s, text in zip(train.scenes, texts)]  # [draws * N], draw-major
+    rows = torch.arange(len(images)).repeat(len(texts) // len(images))  # text -> its image
+    collate = indexed_collate(images, encode_texts(tok, texts, max_length=40), rows=rows)
     if args.caption_weight:
         canonical = [language.caption(s) for s in train.scenes]
         collate = with_captions(collate, encode_texts(tok, [""] * len(canonical), canonical, max_length=32))
@@ -221,8 +252,11 @@ def main():
     elif args.neighbours:
         batches = neighbour_batches(train, collate, args.batch, args.neighbours, args.seed)
     else:
-        batches = lambda step: collate(torch.randperm(len(images), generator=torch.Generator().manual_seed(
-            args.seed * 100_003 + step))[: args.batch].tolist())
+        def batches(step: int) -> dict:  # a random batch of scenes, each with one of its drawn captions
+            g = torch.Generator().manual_seed(args.seed * 100_003 + step)
+            scenes = torch.randperm(len(images), generator=g)[: args.batch]
+            draw = torch.randint(len(rows) // len(images), scenes.shape, generator=g)  # 0 with one caption a scene
+            return collate((scenes + len(images) * draw).tolist())
     model = started_clip(args.start, args.image_size, args.seed, args.text_start)
     model.image_tower.patch_embed.requires_grad_(not args.freeze_patch_embed)
     bench = evalsets.DualEncoderBench.build(args.seed, 1000)
@@ -243,7 +277,9 @@ def main():
     keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "zs_color_acc_vocab", "zs_shape_acc_vocab",
             "relation_swap_acc", "attribute_swap_acc", "heldout_combo_acc")
     result = {"args": vars(args), "train_s": round(train_s, 1), "final_temperature": model.temperature,
-              **{k: measured[k] for k in keys}, **probes(model, args.image_size, args.seed), "before": before,
+              **{k: measured[k] for k in keys}, "zs_shape_acc_in_caption": harness.zero_shot_in_caption(
+                  model, tok, harness.embed_images(model, bench.images["single"]), bench.single, "shape"),
+              **probes(model, args.image_size, args.seed), "before": before,
               **({"curve": history.as_dict()["evals"]} if args.eval_every else {})}
     if args.save:
         zoo.save_model(args.save, model, {k: measured[k] for k in keys}, strategy="clip")
