@@ -155,7 +155,6 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
 def leaving_out(scene, text: str, rate: float, rng) -> str:
     """`text` (a caption of `scene`) with each object's size and colour each left out with probability `rate`
     ('a large red star' -> 'a red star', 'a star'): captions that name an object without describing it fully, as

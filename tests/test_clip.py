@@ -408,6 +408,8 @@ def test_zero_shot_in_caption_reads_a_conjunction_that_generic_prompts_cannot(to
     assert zero_shot_attribute(oracle, tok, image_emb, scenes, "shape") < 0.4  # no colour word, no pair to read
     shuffled = image_emb[torch.randperm(len(scenes), generator=torch.Generator().manual_seed(0))]
     assert zero_shot_in_caption(oracle, tok, shuffled, scenes, "shape") < 0.4  # another image's pair reads wrong
+    with pytest.raises(ValueError, match="attribute"):
+        zero_shot_in_caption(oracle, tok, image_emb, scenes, "size")
 
 
 def test_measure_reports_every_benchmark_in_range(tok):

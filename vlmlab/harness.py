@@ -115,6 +115,7 @@ def zero_shot_in_caption(model, tokenizer, image_emb: torch.Tensor, scenes: list
     with `attribute` replaced ('a large white {}' over the shapes when the object is a large white star). The
     other words come from the scene's labels, so this is not zero-shot: it asks whether the two towers agree on
     the attribute inside a caption like those they trained on, where a generic prompt names it alone."""
+    require(attribute in ATTRIBUTE_NAMES, "attribute", attribute, f"one of {tuple(ATTRIBUTE_NAMES)}")
     names = ATTRIBUTE_NAMES[attribute]
     frame = "a {size} {{}} {shape}" if attribute == "color" else "a {size} {color} {{}}"
     own = [frame.format(size=s.objects[0].size, color=s.objects[0].color, shape=s.objects[0].shape) for s in scenes]
