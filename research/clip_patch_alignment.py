@@ -31,6 +31,11 @@ side holds, whatever the text side makes of it).
         # the main run on captions that leave each object's size and colour out with probability 0.5 ('a star left of
         # a red circle'), one such caption per scene or four drawn afresh, one read per visit; the results add
         # zero-shot shape inside the object's own caption (`harness.zero_shot_in_caption`)
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --drop-attributes 0.5 --draws 2 --keep-original
+        # the same with the scene's own caption as one of the two draws: at each visit, the whole caption or one that
+        # leaves words out, each half the time (LaCLIP, Fan et al. 2023, picks between a text and its rewrites so)
+    python research/clip_patch_alignment.py --start tiny-vit-mae --steps 1200 --drop-attributes 0.5 --both
+        # every step reads each scene's whole caption and one that leaves words out, CLIP's loss on each, averaged
     python research/clip_patch_alignment.py --neighbours 8
         # batches of caption neighbours: groups of 8 scenes whose canonical captions share the most words (TF-IDF
         # cosine over a random pool of 4,096), a label-free way to put near-identical scenes in one batch
@@ -106,6 +111,16 @@ def coca_loss(weight: float):
     return loss
 
 
+def both_captions_loss(model: clip.CLIP, batch: dict):
+    """CLIP's loss of the images against their whole captions and, as a second set of B texts, against captions that
+    leave words out (batch["left_out"]), averaged: every image has two captions and both are read at every step,
+    the way COCO's five captions of an image are all true of it."""
+    image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
+    losses = [clip.clip_loss(model.scale * image_emb @ model.encode_text(b["input_ids"], b["attention_mask"]).T)
+              for b in (batch, batch["left_out"])]  # [B, B] logits each
+    return sum(losses) / 2, {"temperature": model.temperature}
+
+
 def with_captions(collate, captions):
     """`collate` with each row's canonical caption for the captioner ({"caption": input_ids, attention_mask, labels})."""
     def both(rows):
@@ -170,7 +185,8 @@ def run_name(args) -> str:
     suffixes = ((args.neighbours, f"_neighbours{args.neighbours}"), (args.negclip, "_negclip"),
                 (args.negative_kinds != "all", f"-{args.negative_kinds}"), (args.canonical, "_canonical"),
                 (args.drop_attributes, f"_drop{args.drop_attributes:g}"),
-                (args.draws != 1, f"_draws{args.draws}"),
+                (args.draws != 1, f"_draws{args.draws}"), (args.keep_original, "_keep-original"),
+                (args.both, "_both"),
                 (args.freeze_patch_embed, "_frozen_patch_embed"), (args.negclip_steps, f"_then_negclip{args.negclip_steps}"),
                 (args.negclip_lr != 5e-4, f"_lr{args.negclip_lr:g}"), (args.caption_weight, f"_caption{args.caption_weight:g}"),
                 (args.image_lr_scale != 1, f"_imagelr{args.image_lr_scale:g}"),
@@ -203,6 +219,12 @@ def main():
                    help="leave each object's size and colour out of its training caption with this probability")
     p.add_argument("--draws", type=int, default=1,
                    help="with --drop-attributes: this many captions of each scene, one picked at each visit")
+    p.add_argument("--keep-original", dest="keep_original", action="store_true",
+                   help="with --drop-attributes: the first of the --draws captions is the scene's own, nothing left out "
+                        "(LaCLIP's choice between the original text and its rewrites at each visit)")
+    p.add_argument("--both", action="store_true",
+                   help="with --drop-attributes: each step reads every scene's whole caption and one that leaves words "
+                        "out, CLIP's loss averaged over the two (one more text pass a step)")
     p.add_argument("--n-train", dest="n_train", type=int, default=30_000)
     p.add_argument("--freeze-patch-embed", dest="freeze_patch_embed", action="store_true",
                    help="keep the image tower's patch projection as it starts (MoCo v3's trick, Chen et al. 2021)")
@@ -225,6 +247,10 @@ def main():
         p.error("--drop-attributes changes the paraphrased captions: use it without --negclip and --caption-weight")
     if args.draws < 1 or (args.draws > 1 and not args.drop_attributes):
         p.error("--draws must be at least 1, and above 1 only with --drop-attributes")
+    if args.both and (not args.drop_attributes or args.keep_original or args.draws > 1):
+        p.error("--both reads the whole caption beside one that leaves words out: use it with --drop-attributes alone")
+    if args.keep_original and args.draws < 2:
+        p.error("--keep-original keeps one of the --draws captions whole: use it with --draws 2 or more")
     if args.negative_kinds != "all" and not args.negclip:
         p.error("--negative-kinds picks --negclip's negatives: use it with --negclip")
 
@@ -232,12 +258,18 @@ def main():
     train = ShapesDataset(shapes.ShapesWorld(seed=args.seed), "train", args.n_train, paraphrase=True)
     images = resized(train.images, args.image_size)
     texts = [language.caption(s) for s in train.scenes] if args.canonical else [train.text(i) for i in range(len(train))]
+    whole_texts = texts
     if args.drop_attributes:  # `draws` captions of each scene, each leaving out its own words; one read per visit
         rng = random.Random(f"leave-out:{args.seed}")
-        texts = [leaving_out(s, text, args.drop_attributes, rng)
-                 for _ in range(args.draws) for s, text in zip(train.scenes, texts)]  # [draws * N], draw-major
+        whole = 1 if args.keep_original else 0  # draws kept as they are
+        texts = texts * whole + [leaving_out(s, text, args.drop_attributes, rng)
+                                 for _ in range(args.draws - whole) for s, text in zip(train.scenes, texts)]
+        # [draws * N], draw-major
     rows = torch.arange(len(images)).repeat(len(texts) // len(images))  # text -> its image
     collate = indexed_collate(images, encode_texts(tok, texts, max_length=40), rows=rows)
+    if args.both:
+        left_out, whole = collate, indexed_collate(images, encode_texts(tok, whole_texts, max_length=40))
+        collate = lambda scenes: whole(scenes) | {"left_out": left_out(scenes)}
     if args.caption_weight:
         canonical = [language.caption(s) for s in train.scenes]
         collate = with_captions(collate, encode_texts(tok, [""] * len(canonical), canonical, max_length=32))
@@ -245,7 +277,7 @@ def main():
     items = [{"index": i, "image": images[i], "text": language.caption(s),
               "negatives": [n.text for n in language.hard_negatives(s, kinds)]} for i, s in enumerate(train.scenes)]
     negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
-    loss = clip.negclip_batch_loss if args.negclip else clip.batch_loss
+    loss = clip.negclip_batch_loss if args.negclip else both_captions_loss if args.both else clip.batch_loss
     if args.negclip:
         batches = negclip_batches(args.seed)
     elif args.neighbours:
