@@ -261,10 +261,9 @@ def main():
     whole_texts = texts
     if args.drop_attributes:  # `draws` captions of each scene, each leaving out its own words; one read per visit
         rng = random.Random(f"leave-out:{args.seed}")
-        whole = 1 if args.keep_original else 0  # draws kept as they are
-        texts = texts * whole + [leaving_out(s, text, args.drop_attributes, rng)
-                                 for _ in range(args.draws - whole) for s, text in zip(train.scenes, texts)]
-        # [draws * N], draw-major
+        kept = 1 if args.keep_original else 0  # draws left whole
+        texts = texts * kept + [leaving_out(s, text, args.drop_attributes, rng)
+                                for _ in range(args.draws - kept) for s, text in zip(train.scenes, texts)]  # [draws * N]
     rows = torch.arange(len(images)).repeat(len(texts) // len(images))  # text -> its image
     collate = indexed_collate(images, encode_texts(tok, texts, max_length=40), rows=rows)
     if args.both:
