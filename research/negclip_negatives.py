@@ -8,11 +8,12 @@ as its section 8 did: 400 steps of 256 at 5e-4, weight decay 0.1, the canonical 
     python research/negclip_negatives.py --draw fixed        # notebook 02's earlier fine-tune (400 steps, all kinds)
     python research/negclip_negatives.py --draw per-visit    # a fresh draw at each visit, fixed by the batch
     python research/negclip_negatives.py --kinds swaps --steps 1600   # only the swaps, where a scene has one; longer
+    python research/negclip_negatives.py --kinds swaps --steps 1600 --clip NAME   # a CLIP saved by a research run
 
 `--kinds swaps` keeps a scene's attribute and relation swaps as its negatives (a one-object scene, which has
 neither, keeps its replaced shape: `clip.negclip_negatives`), as notebook 02's section 8 does by default
 (`NEGCLIP_NEGATIVES`). Writes
-research/results/negclip_negatives/<draw>_<steps>_lr<lr>[_<kinds>]_seed<seed>.json."""
+research/results/negclip_negatives/[<clip>_]<draw>_<steps>_lr<lr>[_<kinds>]_seed<seed>.json."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def main():
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--kinds", choices=sorted(language.NEGATIVE_SETS), default="all",
                         help="which hard negatives a scene keeps")
+    parser.add_argument("--clip", default="clip-shapes",
+                        help="the CLIP it fine-tunes: a name in the zoo or the user cache (`clip_patch_alignment.py --save`)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tok = load_tokenizer()
@@ -59,14 +62,17 @@ def main():
               "negatives": clip.negclip_negatives(s, language.NEGATIVE_SETS[args.kinds])} for i, s in enumerate(train.scenes)]
     collate = negatives_collate(tok, max_length=40) if args.draw == "fixed" else per_visit_collate(tok)
     batches = StepBatches(items, 256, collate, seed=args.seed + 1)
-    model = zoo.load_model("clip-shapes")[0]
+    model = zoo.load_model(args.clip)[0]
     start = time.perf_counter()
     fit(model, clip.negclip_batch_loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed,
         progress=False)
     seconds = time.perf_counter() - start
     measured = clip.measure(model.eval(), tok, evalsets.DualEncoderBench.build(args.seed, 1000))
-    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc")
-    save_result(__file__, f"{args.draw}_{args.steps}_lr{args.lr:g}{'_swaps' if args.kinds == 'swaps' else ''}_seed{args.seed}",
+    keys = ("t2i_r1", "i2t_r1", "zs_color_acc", "zs_shape_acc", "relation_swap_acc", "attribute_swap_acc",
+            "heldout_combo_acc")
+    start_name = "" if args.clip == "clip-shapes" else f"{args.clip}_"
+    save_result(__file__, f"{start_name}{args.draw}_{args.steps}_lr{args.lr:g}{'_swaps' if args.kinds == 'swaps' else ''}"
+                          f"_seed{args.seed}",
                 {"args": vars(args), "train_s": round(seconds, 1), **{k: round(measured[k], 4) for k in keys}})
 
 
