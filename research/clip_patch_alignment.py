@@ -116,8 +116,8 @@ def both_captions_loss(model: clip.CLIP, batch: dict):
     leave words out (batch["left_out"]), averaged: every image has two captions and both are read at every step,
     the way COCO's five captions of an image are all true of it."""
     image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
-    losses = [clip.clip_loss(model.scale * image_emb @ model.encode_text(b["input_ids"], b["attention_mask"]).T)
-              for b in (batch, batch["left_out"])]  # [B, B] logits each
+    losses = [clip.contrastive_loss(image_emb, model.encode_text(b["input_ids"], b["attention_mask"]), model.scale)
+              for b in (batch, batch["left_out"])]  # each over [B, B] logits
     return sum(losses) / 2, {"temperature": model.temperature}
 
 
