@@ -111,16 +111,6 @@ def coca_loss(weight: float):
     return loss
 
 
-def both_captions_loss(model: clip.CLIP, batch: dict):
-    """CLIP's loss of the images against their whole captions and, as a second set of B texts, against captions that
-    leave words out (batch["left_out"]), averaged: every image has two captions and both are read at every step,
-    the way COCO's five captions of an image are all true of it."""
-    image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
-    losses = [clip.contrastive_loss(image_emb, model.encode_text(b["input_ids"], b["attention_mask"]), model.scale)
-              for b in (batch, batch["left_out"])]  # each over [B, B] logits
-    return sum(losses) / 2, {"temperature": model.temperature}
-
-
 def with_captions(collate, captions):
     """`collate` with each row's canonical caption for the captioner ({"caption": input_ids, attention_mask, labels})."""
     def both(rows):
@@ -168,16 +158,6 @@ def probes(model: clip.CLIP, size: int, seed: int) -> dict[str, float]:
         out |= {f"probe_cell_shape_{kind}": last_block_shape(model.image_tower, seed, hidden)
                 for kind, hidden in (("linear", 0), ("mlp", 512))}
     return out
-
-
-def leaving_out(scene, text: str, rate: float, rng) -> str:
-    """`text` (a caption of `scene`) with each object's size and colour each left out with probability `rate`
-    ('a large red star' -> 'a red star', 'a star'): captions that name an object without describing it fully, as
-    people's alt-text does, and as CLIP's generic prompts ('a picture of a star') do. The shape noun always stays."""
-    for obj in scene.objects:
-        kept = [word for word in (obj.size, obj.color) if rng.random() >= rate]
-        text = text.replace(language.a(obj.phrase), language.a(" ".join([*kept, obj.shape])))
-    return text
 
 
 def run_name(args) -> str:
@@ -262,7 +242,7 @@ def main():
     if args.drop_attributes:  # `draws` captions of each scene, each leaving out its own words; one read per visit
         rng = random.Random(f"leave-out:{args.seed}")
         kept = 1 if args.keep_original else 0  # draws left whole
-        texts = texts * kept + [leaving_out(s, text, args.drop_attributes, rng)
+        texts = texts * kept + [language.leaving_out(s, text, args.drop_attributes, rng)
                                 for _ in range(args.draws - kept) for s, text in zip(train.scenes, texts)]  # [draws * N]
     rows = torch.arange(len(images)).repeat(len(texts) // len(images))  # text -> its image
     collate = indexed_collate(images, encode_texts(tok, texts, max_length=40), rows=rows)
@@ -276,7 +256,7 @@ def main():
     items = [{"index": i, "image": images[i], "text": language.caption(s),
               "negatives": [n.text for n in language.hard_negatives(s, kinds)]} for i, s in enumerate(train.scenes)]
     negclip_batches = lambda seed: StepBatches(items, args.batch, negatives_collate(tok, max_length=40), seed=seed)
-    loss = clip.negclip_batch_loss if args.negclip else both_captions_loss if args.both else clip.batch_loss
+    loss = clip.negclip_batch_loss if args.negclip else clip.both_captions_loss if args.both else clip.batch_loss
     if args.negclip:
         batches = negclip_batches(args.seed)
     elif args.neighbours:

@@ -2,6 +2,7 @@
 NegCLIP negatives, EOS pooling, prompt-ensembled zero-shot, and a tiny model that learns 8 Shapes World pairs."""
 
 import math
+import random
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from vlmlab.data.evalsets import DualEncoderBench, prompt_templates, single_objects
-from vlmlab.data.language import NEGATIVE_SETS, hard_negatives
-from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, negatives_collate, to_float
+from vlmlab.data.language import NEGATIVE_SETS, caption, hard_negatives, leaving_out
+from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, indexed_collate, negatives_collate, to_float
 from vlmlab.data.shapes import COLORS, SHAPES, ShapesWorld
 from vlmlab.encoders import preprocess_images
 from vlmlab.evaluate import retrieval_recall
@@ -25,6 +26,7 @@ from vlmlab.strategies.clip import (
     Config,
     ImageTower,
     batch_loss,
+    both_captions_loss,
     clip_loss,
     contrastive_loss,
     from_hf_clip,
@@ -224,6 +226,21 @@ def test_negclip_batch_loss_is_contrastive_loss_with_the_batch_negatives(tok):
     negative_emb = model.encode_text(batch["negative_input_ids"], batch["negative_attention_mask"])
     assert_close(loss, contrastive_loss(image_emb, text_emb, model.scale, negative_emb))
     assert loss > batch_loss(model, batch)[0]  # the extra columns only add competitors
+    assert logs == {"temperature": pytest.approx(0.07)}
+
+
+def test_both_captions_loss_averages_the_loss_against_each_set_of_captions(tok):
+    data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=6)
+    whole = [caption(s) for s in data.scenes]
+    left_out = [leaving_out(s, text, 1.0, random.Random(0)) for s, text in zip(data.scenes, whole)]
+    collate = lambda texts: indexed_collate(data.images, encode_texts(tok, texts, max_length=40))(list(range(6)))
+    batch = collate(whole) | {"left_out": collate(left_out)}
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(vocab_size=len(tok), patch_size=8)).eval()
+    loss, logs = both_captions_loss(model, batch)
+    assert_close(loss, (batch_loss(model, batch)[0] + batch_loss(model, batch["left_out"])[0]) / 2)
+    same = both_captions_loss(model, batch | {"left_out": collate(whole)})[0]
+    assert_close(same, batch_loss(model, batch)[0])  # nothing left out: CLIP's loss
     assert logs == {"temperature": pytest.approx(0.07)}
 
 

@@ -1,5 +1,6 @@
 """Text from scene graphs: every caption, answer and negative must be exactly right."""
 
+import random
 from collections import Counter
 
 import pytest
@@ -17,6 +18,7 @@ from vlmlab.data.language import (
     fewshot_sequence,
     hard_negatives,
     instructions,
+    leaving_out,
     sample_vqa,
     vqa_pairs,
 )
@@ -38,6 +40,23 @@ def test_captions_of_a_hand_made_scene():
     assert "a small blue circle right of a large red star" in captions(scene)
     assert caption(make_scene(STAR)) == "a large red star"
     assert caption(make_scene(STAR, SQUARE, CIRCLE)) == "a large red star, a small blue square and a small blue circle"
+
+
+def test_leaving_out_drops_only_size_and_colour_words_at_the_rate():
+    scene = make_scene(STAR, CIRCLE)
+    whole = caption(scene)  # 'a large red star left of a small blue circle'
+    assert leaving_out(scene, whole, 0.0, random.Random(0)) == whole
+    assert leaving_out(scene, whole, 1.0, random.Random(0)) == "a star left of a circle"
+    drawn = [leaving_out(scene, whole, 0.5, random.Random(i)) for i in range(400)]
+    assert all(text.count("star") == text.count("circle") == 1 and " left of " in text for text in drawn)
+    kept = sum(text.count(word) for text in drawn for word in ("large", "red", "small", "blue")) / (4 * len(drawn))
+    assert abs(kept - 0.5) < 0.05  # each of the four words kept half the time
+    orange = make_scene(Obj("star", "orange", "large", 1, 0, 0.15, 0.5))
+    drawn = {leaving_out(orange, "there is a large orange star", 0.5, random.Random(i)) for i in range(100)}
+    assert drawn == {"there is a large orange star", "there is a large star", "there is an orange star",
+                     "there is a star"}  # the article follows the first word kept
+    with pytest.raises(ValueError, match="rate"):
+        leaving_out(scene, whole, 1.5, random.Random(0))
 
 
 def test_vertical_relation_when_objects_share_a_column():

@@ -63,6 +63,17 @@ def caption(scene: Scene, variant: int = 0) -> str:
     return options[variant % len(options)]
 
 
+def leaving_out(scene: Scene, text: str, rate: float, rng: random.Random) -> str:
+    """`text`, a caption of `scene`, with each object's size and its colour each left out with probability `rate`
+    ('a large red star' -> 'a red star', 'a star'), as people's alt-text names an object without describing it
+    fully. The shape noun always stays. Introduced in notebook 02 (the second caption of its main run)."""
+    require(0 <= rate <= 1, "rate", rate, "a probability in [0, 1]")
+    for obj in scene.objects:
+        kept = [word for word in (obj.size, obj.color) if rng.random() >= rate]
+        text = text.replace(a(obj.phrase), a(" ".join([*kept, obj.shape])))
+    return text
+
+
 # ---------------------------------------------------------------- visual question answering
 
 

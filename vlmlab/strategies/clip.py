@@ -243,6 +243,16 @@ def batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]
     return clip_loss(logits_per_image), {"temperature": model.temperature}
 
 
+def both_captions_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """CLIP's loss of the images against their whole captions and, as a second set of B texts, against captions
+    that leave words out (batch["left_out"], `language.leaving_out`), averaged: each image has two true captions and
+    both are read at every step, as each COCO image has five. Notebook 02's main run."""
+    image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
+    losses = [contrastive_loss(image_emb, model.encode_text(b["input_ids"], b["attention_mask"]), model.scale)
+              for b in (batch, batch["left_out"])]  # each over [B, B] logits
+    return sum(losses) / 2, {"temperature": model.temperature}
+
+
 def negclip_negatives(scene: Scene, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> list[str]:
     """The hard negative captions NegCLIP fine-tunes a scene against (notebook 02, section 8): its negatives of
     `kinds` (`language.NEGATIVE_SETS`), or all of them where it has none (a one-object scene has no swap, only its
