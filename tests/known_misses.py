@@ -13,14 +13,12 @@ KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
     ("frozen_prefix", "vqa_acc"): "colour and size need the image to decide between an attribute and 'there is no ...' and "
                                   "400 steps of prefix move the frozen LM's prior only partly (blind 0.36, kept 0.43; 43% "
                                   "of colour and size questions still get 'there is no ...'); the object list reaches 0.42",
-    ("flamingo", "caption_f1"): "gated cross-attention on notebook 02's label-free CLIP tower, 800 steps of 16: shape is "
-                                "barely read (shape questions 0.22), though a probe with one hidden layer reads it from the "
-                                "grid (0.83), so scene F1, which needs every shape, stays low (0.18, the blind LM 0.085); four "
-                                "times the sequences read it (shape questions 0.51, scene F1 0.38)",
-    ("flamingo", "vqa_acc"): "count is read (0.77, blind 0.58), position barely (0.70, blind 0.65), shape not (0.22); colour "
-                             "(0.48) and size (0.27) questions name their object by its shape, and the model, when it cannot "
-                             "find it, answers 'there is no ...' (46% of them), though the grid holds each cell's colour "
-                             "and size",
+    ("flamingo", "caption_f1"): "gated cross-attention on notebook 02's label-free CLIP grid, 800 steps of 16: count, colour "
+                                "and shape are read part of the time (shape questions 0.47, blind 0.14), size hardly (0.15), "
+                                "so scene F1, which needs every object's words right, reaches 0.33 (the blind LM 0.085)",
+    ("flamingo", "vqa_acc"): "count is read (0.77, blind 0.58), shape (0.47) and colour (0.41) in part, size hardly (0.15); "
+                             "colour and size questions name their object by its shape, and the model, when it cannot find "
+                             "it, answers 'there is no ...' (52% of them), which also costs the absent-object questions",
     ("blip2", "caption_f1"): "the Q-Former's queries as a soft prompt into the frozen tiny LM after 300 stage-1 and 400 "
                              "stage-2 steps on notebook 02's label-free CLIP tower: the captioner writes worse captions "
                              "than the Q-Former's own ITG head, stage 1 does not help stage 2, shape does not reach the queries",
