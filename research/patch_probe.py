@@ -158,8 +158,8 @@ def main():
     train, test, train_layers, test_layers = scenes_and_patches(tower, args.seed, args.train, args.test, read)
     result = {"args": vars(args), "layers": {}}
     test_small = small_objects(test)
-    names = {"stem": ["stem"], "imagenet": list(tower.LAYERS)}.get(
-        kind, [f"block {k}" for k in range(1, len(train_layers))])
+    names = (["stem"] if kind == "stem" else list(tower.LAYERS) if kind == "imagenet"
+             else [f"block {k}" for k in range(1, len(train_layers))])
     for attribute, values in ATTRIBUTES.items():
         train_y, test_y = cell_labels(train, attribute).flatten(), cell_labels(test, attribute).flatten()
         for layer, tr, te in zip(["pixels", *names], train_layers, test_layers):
