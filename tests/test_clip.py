@@ -13,9 +13,9 @@ from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from vlmlab.data.evalsets import DualEncoderBench, prompt_templates, single_objects
-from vlmlab.data.language import NEGATIVE_SETS, caption, hard_negatives, leaving_out
+from vlmlab.data.language import NEGATIVE_SETS, a, caption, hard_negatives, leaving_out
 from vlmlab.data.loaders import ShapesDataset, caption_collate, encode_texts, indexed_collate, negatives_collate, to_float
-from vlmlab.data.shapes import COLORS, SHAPES, ShapesWorld
+from vlmlab.data.shapes import COLORS, SHAPES, ShapesWorld, relation
 from vlmlab.encoders import preprocess_images
 from vlmlab.evaluate import retrieval_recall
 from vlmlab.harness import embed_images, embed_texts, zero_shot_attribute, zero_shot_classifier, zero_shot_in_caption
@@ -31,8 +31,10 @@ from vlmlab.strategies.clip import (
     contrastive_loss,
     from_hf_clip,
     last_token_positions,
+    left_out_with_negatives,
     measure,
     negclip_batch_loss,
+    negclip_left_out_loss,
     negclip_negatives,
 )
 from vlmlab.train import fit
@@ -242,6 +244,38 @@ def test_both_captions_loss_averages_the_loss_against_each_set_of_captions(tok):
     same = both_captions_loss(model, batch | {"left_out": collate(whole)})[0]
     assert_close(same, batch_loss(model, batch)[0])  # nothing left out: CLIP's loss
     assert logs == {"temperature": pytest.approx(0.07)}
+
+
+def test_left_out_captions_keep_negatives_that_leave_the_same_words_out():
+    scenes = ShapesWorld(seed=0).scenes(300, "train")
+    for i, s in enumerate(scenes):  # nothing left out: the canonical caption and NegCLIP's own negatives
+        assert left_out_with_negatives(s, 0.0, f"k{i}", NEGATIVE_SETS["swaps"]) == (
+            caption(s), negclip_negatives(s, NEGATIVE_SETS["swaps"]))
+    star_circle = [s for s in scenes if len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape][0]
+    p, q = star_circle.objects
+    text, negatives = left_out_with_negatives(star_circle, 1.0, "k", ("relation_swap",))
+    assert text == f"{a(p.shape)} {relation(p, q)} {a(q.shape)}"  # every size and colour left out
+    assert negatives == [f"{a(q.shape)} {relation(p, q)} {a(p.shape)}"]  # the swap leaves the same words out
+    for i, s in enumerate(scenes):  # half left out: the same words go from the caption and from its negatives
+        text, negatives = left_out_with_negatives(s, 0.5, f"k{i}", NEGATIVE_SETS["swaps"])
+        assert text == leaving_out(s, caption(s), 0.5, random.Random(f"k{i}")) and negatives and text not in negatives
+
+
+def test_negclip_left_out_loss_weighs_the_loss_of_each_set_of_captions(tok):
+    data = ShapesDataset(ShapesWorld(seed=0, image_size=32), "train", n=6, task="negatives")
+    left = [left_out_with_negatives(s, 1.0, f"k{i}") for i, s in enumerate(data.scenes)]
+    collate = negatives_collate(tok)
+    batch = collate([data[i] for i in range(6)])
+    left_batch = collate([data[i] | {"text": t, "negatives": n} for i, (t, n) in enumerate(left)])
+    torch.manual_seed(0)
+    model = CLIP(tiny_config(vocab_size=len(tok), patch_size=8)).eval()
+    whole, left_out = negclip_batch_loss(model, batch)[0], negclip_batch_loss(model, left_batch)[0]
+    for weight in (0.0, 0.2, 1.0):
+        loss, logs = negclip_left_out_loss(model, batch | {"left_out": left_batch}, weight)
+        assert_close(loss, (1 - weight) * whole + weight * left_out)
+    assert logs == {"temperature": pytest.approx(0.07)}
+    with pytest.raises(ValueError, match="left_out_weight"):
+        negclip_left_out_loss(model, batch | {"left_out": left_batch}, 1.5)
 
 
 # ---------------------------------------------------------------- encoders

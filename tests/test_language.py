@@ -12,6 +12,7 @@ from vlmlab.data.language import (
     NUMBER_WORDS,
     QUESTION_TYPES,
     SWAP_KINDS,
+    a,
     answer_vocabulary,
     caption,
     captions,
@@ -129,6 +130,7 @@ def test_hard_negatives_are_false_and_reuse_the_words():
     for s in world.scenes(300):
         for n in hard_negatives(s):
             assert n.kind in NEGATIVE_KINDS and n.text not in captions(s)
+            assert len(n.objects) == len(s.objects) and all(a(o.phrase) in n.text for o in n.objects)  # what it says
             if n.kind != "object_replacement":
                 assert sorted(n.text.split()) == sorted(caption(s).split())
 

@@ -176,6 +176,7 @@ def answer_vocabulary() -> list[str]:
 class Negative:
     kind: str  # one of NEGATIVE_KINDS ("random" where `fusion.world_negatives` falls back on another scene's caption)
     text: str
+    objects: tuple[Obj, ...]  # the objects the text describes, in the scene's order (edited where the kind edits them)
 
 
 def _describe(objs: list[Obj]) -> str:
@@ -204,18 +205,18 @@ def hard_negatives(scene: Scene, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> lis
         for field in ("color", "size"):
             swapped = [_replace(p, **{field: getattr(q, field)}), _replace(q, **{field: getattr(p, field)})] + objs[2:]
             if getattr(p, field) != getattr(q, field) and all(map(allowed, swapped)):
-                out.append(Negative("attribute_swap", _describe(swapped)))
+                out.append(Negative("attribute_swap", _describe(swapped), tuple(swapped)))
                 break
     if len(objs) == 2 and objs[0].phrase != objs[1].phrase:
         p, q = objs
-        out.append(Negative("relation_swap", f"{a(q.phrase)} {relation(p, q)} {a(p.phrase)}"))
+        out.append(Negative("relation_swap", f"{a(q.phrase)} {relation(p, q)} {a(p.phrase)}", (p, q)))
     rng = random.Random(f"neg:{scene.seed}:{scene.split}:{scene.index}")
     k = rng.randrange(len(objs))
     absent = [s for s in SHAPES if s not in {o.shape for o in objs} and allowed(_replace(objs[k], shape=s))]
     if absent:
         replaced = list(objs)
         replaced[k] = _replace(objs[k], shape=rng.choice(absent))
-        out.append(Negative("object_replacement", _describe(replaced)))
+        out.append(Negative("object_replacement", _describe(replaced), tuple(replaced)))
     return [n for n in out if n.text != true_caption and n.kind in kinds]
 
 

@@ -20,7 +20,9 @@ Letters in the shape comments: B batch, T text length, D tower width, E shared e
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.evalsets import DualEncoderBench
-from ..data.language import NEGATIVE_KINDS, hard_negatives
+from ..data.language import NEGATIVE_KINDS, caption, hard_negatives, leaving_out
 from ..data.loaders import to_float
 from ..data.shapes import Scene
 from ..encoders import resize
@@ -260,13 +262,47 @@ def negclip_negatives(scene: Scene, kinds: tuple[str, ...] = NEGATIVE_KINDS) -> 
     return [n.text for n in hard_negatives(scene, kinds) or hard_negatives(scene)]
 
 
+def left_out_with_negatives(scene: Scene, rate: float, key: str,
+                            kinds: tuple[str, ...] = NEGATIVE_KINDS) -> tuple[str, list[str]]:
+    """The scene's canonical caption with words left out (`language.leaving_out`, its random state seeded by `key`)
+    and its NegCLIP negatives with the same words of the same objects left out ("a star left of a red circle"
+    against "a circle left of a red star"). A negative that the leaving out makes equal to the caption is dropped;
+    where none is left, the scene's negatives of every kind stand in (a replaced shape always differs). Notebook 02,
+    section 8."""
+
+    def leave_out(objects: tuple, text: str) -> str:  # the same draws, so the same words go
+        return leaving_out(dataclasses.replace(scene, objects=objects), text, rate, random.Random(key))
+
+    text = leave_out(scene.objects, caption(scene))
+    for kinds_tried in (kinds, NEGATIVE_KINDS):
+        negatives = [t for n in hard_negatives(scene, kinds_tried) if (t := leave_out(n.objects, n.text)) != text]
+        if negatives:
+            return text, negatives
+    raise ValueError(f"scene {scene.index} of split {scene.split!r} has no hard negative once words are left out")
+
+
 def negclip_batch_loss(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """`batch_loss` with one hard negative caption per image (a `negatives_collate` batch): NegCLIP's text
     negatives. (NegCLIP also adds nearest-neighbour images as negatives; we keep to the text side.)"""
     image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
-    text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"])  # [B, E]
-    negative_emb = model.encode_text(batch["negative_input_ids"], batch["negative_attention_mask"])  # [B, E]
-    return contrastive_loss(image_emb, text_emb, model.scale, negative_emb), {"temperature": model.temperature}
+    return _with_negatives(model, image_emb, batch), {"temperature": model.temperature}
+
+
+def negclip_left_out_loss(model: CLIP, batch: dict, left_out_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """NegCLIP's loss on the whole captions and, weighted `left_out_weight` (the whole ones 1 - it), on captions of
+    the same images that leave words out, each against its own negatives (batch["left_out"], a `negatives_collate`
+    batch of `left_out_with_negatives`); the images are encoded once. Notebook 02, section 8: the fine-tune keeps
+    reading the main run's second captions."""
+    require(0 <= left_out_weight <= 1, "left_out_weight", left_out_weight, "a share of the loss in [0, 1]")
+    image_emb = model.encode_image(to_float(batch["images"]))  # [B, E]
+    whole, left_out = (_with_negatives(model, image_emb, texts) for texts in (batch, batch["left_out"]))
+    return (1 - left_out_weight) * whole + left_out_weight * left_out, {"temperature": model.temperature}
+
+
+def _with_negatives(model: CLIP, image_emb: torch.Tensor, texts: dict) -> torch.Tensor:
+    text_emb = model.encode_text(texts["input_ids"], texts["attention_mask"])  # [B, E]
+    negative_emb = model.encode_text(texts["negative_input_ids"], texts["negative_attention_mask"])  # [B, E]
+    return contrastive_loss(image_emb, text_emb, model.scale, negative_emb)  # over [B, 2B] and [B, B] logits
 
 
 # ----------------------------------------------------------------------------------------------

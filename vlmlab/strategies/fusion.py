@@ -341,7 +341,8 @@ def world_negatives(scenes: list[Scene], seed: int = 0, kinds: tuple[str, ...] =
     for i, scene in enumerate(scenes):
         options = hard_negatives(scene, kinds)
         rng = random.Random(f"{seed}:fusion-negative:{i}")
-        out.append(rng.choice(options) if options else Negative("random", caption(scenes[(i + 1) % len(scenes)])))
+        other = scenes[(i + 1) % len(scenes)]
+        out.append(rng.choice(options) if options else Negative("random", caption(other), other.objects))
     return out
 
 
