@@ -3,10 +3,6 @@ Tests that compare a shipped model with its targets expect exactly these to be m
 fail until its entry is removed."""
 
 KNOWN_MISSES = {  # (strategy owner, metric) -> why the shipped model misses it
-    ("clip", "zs_shape_acc"): "0.883 against 0.90 after NegCLIP (0.891 before it; seed 1: 0.925 before, 0.835 after): "
-                              "captions read whole and with size and colour left out give shape a word of its own (the "
-                              "whole-caption control at equal steps: 0.230), and NegCLIP's whole-caption fine-tune "
-                              "gives part of it back while it teaches binding",
     ("frozen_prefix", "caption_f1"): "a light mapper on CLIP's label-free tower steering the frozen tiny LM, 400 steps: "
                                      "0.35 (the detector arm 0.20, the object list 0.83); a scene caption needs every "
                                      "object's shape, colour, size and cell, and shape questions reach 0.30 (blind 0.16)",
