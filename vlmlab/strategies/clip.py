@@ -20,10 +20,9 @@ Letters in the shape comments: B batch, T text length, D tower width, E shared e
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -271,7 +270,7 @@ def left_out_with_negatives(scene: Scene, rate: float, key: str,
     section 8."""
 
     def leave_out(objects: tuple, text: str) -> str:  # the same draws, so the same words go
-        return leaving_out(dataclasses.replace(scene, objects=objects), text, rate, random.Random(key))
+        return leaving_out(replace(scene, objects=objects), text, rate, random.Random(key))
 
     text = leave_out(scene.objects, caption(scene))
     for kinds_tried in (kinds, NEGATIVE_KINDS):
