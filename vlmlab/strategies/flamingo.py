@@ -133,8 +133,9 @@ class GatedCrossAttentionDense(nn.Module):
     def forward(self, x: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [B, T, D], visual [B, S, Dv], mask [B, 1, T, S] bool (True = may attend) -> [B, T, D]."""
         gate_attn, gate_ff = self.gates()
-        seen = self.attn(self.norm_attn(x), context=visual, mask=mask)  # [B, T, D]
-        seen = seen.masked_fill(~mask.any(dim=-1).transpose(1, 2), 0.0)  # no image yet: nothing (not the bias)
+        seen = self.attn(self.norm_attn(x), context=visual, mask=mask)  # [B, T, D]; no image yet: zeros, then
+        if self.attn.proj.bias is not None:  # the output projection, whose bias must not leak into those rows
+            seen = seen.masked_fill(~mask.any(dim=-1).transpose(1, 2), 0.0)
         x = x + gate_attn * seen
         return x + gate_ff * self.ff(self.norm_ff(x))
 
