@@ -5,8 +5,9 @@
     python research/frozen_lm_captioning.py --arm frozen --steps 600
 
 Arms: clipcap-mlp (CLIP image embedding -> MLP -> k vectors), clipcap-transformer (the embedding as one token, k
-learned queries), mapl (all 17 CLIP-ViT tokens, k learned queries), frozen (the CLIP ViT trains, each token mapped
-linearly), deep (all tokens -> k keys and values per layer). Writes research/results/frozen_lm_captioning/<name>.json.
+learned queries), mapl (all CLIP-ViT tokens, k learned queries), frozen (the CLIP ViT trains, each token mapped
+linearly), linear (the same with the ViT frozen: LiMBeR's linear map, LLaVA's first projector), deep (all tokens -> k
+keys and values per layer). Writes research/results/frozen_lm_captioning/<name>.json.
 """
 
 import argparse
@@ -54,6 +55,7 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--k", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256, help="the ClipCap MLP's hidden width (notebook 04: 64)")
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +65,7 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
     tok = load_tokenizer()
-    clip = zoo.load_model("clip-shapes")[0].eval()
+    clip = zoo.load_model("clip-shapes")[0].eval().requires_grad_(args.arm == "frozen")  # only Frozen trains the tower
     if args.vision == "detector":
         clip.image_tower.load_state_dict(unimodal.build_tiny("tiny-vit-detector").state_dict())
     lm = load_language_model({"name": args.lm, "sha256": None})
@@ -89,8 +91,10 @@ def main():
     else:
         x = feats(images)
         in_dim = x.shape[-1]
-        kind = {"clipcap-mlp": "mlp", "clipcap-transformer": "transformer", "mapl": "transformer", "deep": "deep"}[args.arm]
-        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=args.k if kind != "deep" else 4, lm=lm.ref)
+        kind = {"clipcap-mlp": "mlp", "clipcap-transformer": "transformer", "mapl": "transformer", "deep": "deep",
+                "linear": "linear"}[args.arm]
+        k = {"deep": 4, "linear": x.shape[1]}.get(kind, args.k)  # linear: one prefix vector per token
+        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, lm=lm.ref)
         model = frozen_prefix.PrefixCaptioner(config, lm=lm)
         collate = indexed_collate(x, text, key="image_features")
         test_in = feats(test_images)
@@ -108,7 +112,8 @@ def main():
     for s, c in list(zip(test, said))[:4]:
         print(repr(language.caption(s)), "->", repr(c))
     save_result(__file__, args.name or f"{args.arm}-{args.vision}-{args.steps}", {
-        "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": args.k, "seed": args.seed, "lm": args.lm,
+        "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": model.config.k, "hidden": args.hidden,
+        "seed": args.seed, "lm": args.lm,
         "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
         "exact": round(r["exact"], 4), "trainable_fraction": round(total["trainable"] / total["params"], 4)})
 
