@@ -56,6 +56,7 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256, help="the ClipCap MLP's hidden width (notebook 04: 64)")
+    p.add_argument("--depth", type=int, default=1, help="the transformer mappers' blocks (notebook 04: 1, its gpu profile 2)")
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -94,7 +95,7 @@ def main():
         kind = {"clipcap-mlp": "mlp", "clipcap-transformer": "transformer", "mapl": "transformer", "deep": "deep",
                 "linear": "linear"}[args.arm]
         k = {"deep": 4, "linear": x.shape[1]}.get(kind, args.k)  # linear: one prefix vector per token
-        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, lm=lm.ref)
+        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, depth=args.depth, lm=lm.ref)
         model = frozen_prefix.PrefixCaptioner(config, lm=lm)
         collate = indexed_collate(x, text, key="image_features")
         test_in = feats(test_images)
@@ -112,8 +113,8 @@ def main():
     for s, c in list(zip(test, said))[:4]:
         print(repr(language.caption(s)), "->", repr(c))
     save_result(__file__, args.name or f"{args.arm}-{args.vision}-{args.steps}", {
-        "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": model.config.k, "hidden": args.hidden,
-        "seed": args.seed, "lm": args.lm,
+        "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": model.config.k,
+        "hidden": args.hidden, "depth": args.depth, "seed": args.seed, "lm": args.lm,
         "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
         "exact": round(r["exact"], 4), "trainable_fraction": round(total["trainable"] / total["params"], 4)})
 

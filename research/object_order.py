@@ -1,7 +1,7 @@
 """Notebook 04's upper bound with its order taken away: does the frozen tiny LM caption well from the detector's
 object list because the list hands it the objects in the order the caption names them?
 
-Every mapper on CLIP's features ends at scene F1 0.38-0.42 (`frozen_lm_captioning.py`), while the object list
+Every mapper on CLIP's features ends at scene F1 0.38-0.43 (`frozen_lm_captioning.py`), while the object list
 (`unimodal.object_list`: one slot per object, column by column as captions go, and the count) reaches 0.83 through the
 same frozen LM. Here the same objects are handed over in another order, with everything else as notebook 04's run
 (the deep prefix `frozen_prefix.ObjectPrefixMapper`, 3 keys per layer, the detector's probabilities):
