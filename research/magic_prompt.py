@@ -36,8 +36,9 @@ def main():
     for prompt in PROMPTS:
         for beta in BETAS:
             said = model.caption(tok, images, beta=beta, prompt=prompt)
-            f1[f"{prompt!r} beta {beta}"] = round(caption_scores(said, scenes)["f1"], 4)
-            print(f"{prompt!r:16} β {beta}: scene F1 {f1[f'{prompt!r} beta {beta}']:.3f}; e.g. {said[0]!r}")
+            key = f"{prompt!r} beta {beta}"
+            f1[key] = round(caption_scores(said, scenes)["f1"], 4)
+            print(f"{prompt!r:16} β {beta}: scene F1 {f1[key]:.3f}; e.g. {said[0]!r}")
     save_result(__file__, f"prompts-seed{args.seed}", {"seed": args.seed, "val_scenes": args.n, "k": 8, "alpha": 0.0,
                                                         "scene_f1": f1})
 

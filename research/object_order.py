@@ -28,7 +28,7 @@ from vlmlab.strategies import frozen_prefix
 from vlmlab.tokenizer import load_tokenizer
 from vlmlab.train import fit
 
-SLOT = 18  # an object's slot in the list: 7 shape, 8 colour, 2 size probabilities and a 1
+SLOT = sum(len(values) for values in unimodal.ATTRIBUTES.values()) + 1  # 7 shape, 8 colour, 2 size probabilities, a 1
 
 
 def reorder(lists: torch.Tensor, order: str, seed: int, max_objects: int = 4) -> torch.Tensor:
