@@ -3,11 +3,13 @@
     python research/frozen_lm_captioning.py --arm clipcap-mlp --steps 600
     python research/frozen_lm_captioning.py --arm mapl --steps 600
     python research/frozen_lm_captioning.py --arm frozen --steps 600
+    python research/frozen_lm_captioning.py --arm grid-list --steps 1600 --hidden 64 --dim 128
 
 Arms: clipcap-mlp (CLIP image embedding -> MLP -> k vectors), clipcap-transformer (the embedding as one token, k
 learned queries), mapl (all CLIP-ViT tokens, k learned queries), frozen (the CLIP ViT trains, each token mapped
 linearly), linear (the same with the ViT frozen: LiMBeR's linear map, LLaVA's first projector), deep (all tokens -> k
-keys and values per layer). Writes research/results/frozen_lm_captioning/<name>.json.
+keys and values per layer), grid-list (each token through one shared MLP, then an MLP over all of them into the object
+list's deep prefix: `frozen_prefix.GridListMapper`, no paper's mapper). Writes research/results/frozen_lm_captioning/<name>.json.
 """
 
 import argparse
@@ -55,7 +57,9 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=256, help="the ClipCap MLP's hidden width (notebook 04: 64)")
+    p.add_argument("--hidden", type=int, default=256, help="the ClipCap MLP's hidden width (notebook 04: 64); grid-list: "
+                   "its MLP over all the tokens")
+    p.add_argument("--dim", type=int, default=64, help="the transformer mappers' width; grid-list: its MLP on each token")
     p.add_argument("--depth", type=int, default=1, help="the transformer mappers' blocks (notebook 04: 1, its gpu profile 2)")
     p.add_argument("--n-train", dest="n_train", type=int, default=20_000)
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
@@ -93,9 +97,10 @@ def main():
         x = feats(images)
         in_dim = x.shape[-1]
         kind = {"clipcap-mlp": "mlp", "clipcap-transformer": "transformer", "mapl": "transformer", "deep": "deep",
-                "linear": "linear"}[args.arm]
-        k = {"deep": 4, "linear": x.shape[1]}.get(kind, args.k)  # linear: one prefix vector per token
-        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, depth=args.depth, lm=lm.ref)
+                "linear": "linear", "grid-list": "grid-list"}[args.arm]
+        k = {"deep": 4, "grid-list": 3, "linear": x.shape[1]}.get(kind, args.k)  # linear: one prefix vector per token
+        config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, dim=args.dim, depth=args.depth,
+                                      n_tokens=x.shape[1], lm=lm.ref)
         model = frozen_prefix.PrefixCaptioner(config, lm=lm)
         collate = indexed_collate(x, text, key="image_features")
         test_in = feats(test_images)
@@ -108,15 +113,18 @@ def main():
         test_in = harness.image_features(model, test_images)
     said = generate_text(model, tok, test_in)
     r = evaluate.caption_scores(said, test)
+    novel = evalsets.novel(test, scenes)  # test scenes whose graph no training scene has
+    r_novel = evaluate.caption_scores([said[i] for i in novel], [test[i] for i in novel])
     parts = {"vision": model.vision if args.arm == "frozen" else clip.image_tower, "mapper": model.mapper, "lm": lm}
     total = frozen.parameter_table(parts)[-1]
     for s, c in list(zip(test, said))[:4]:
         print(repr(language.caption(s)), "->", repr(c))
     save_result(__file__, args.name or f"{args.arm}-{args.vision}-{args.steps}", {
         "arm": args.arm, "vision": args.vision, "steps": args.steps, "lr": args.lr, "k": model.config.k,
-        "hidden": args.hidden, "depth": args.depth, "seed": args.seed, "lm": args.lm,
+        "hidden": args.hidden, "dim": args.dim, "depth": args.depth, "seed": args.seed, "lm": args.lm,
         "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
-        "exact": round(r["exact"], 4), "trainable_fraction": round(total["trainable"] / total["params"], 4)})
+        "exact": round(r["exact"], 4), "novel_scene_f1": round(r_novel["f1"], 4), "n_novel": len(novel),
+        "trainable_fraction": round(total["trainable"] / total["params"], 4)})
 
 
 if __name__ == "__main__":

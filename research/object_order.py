@@ -9,8 +9,14 @@ same frozen LM. Here the same objects are handed over in another order, with eve
     python research/object_order.py --order caption    # notebook 04's object list
     python research/object_order.py --order reversed   # the same slots, last object first: fixed, not the caption's
     python research/object_order.py --order shuffled   # the same slots in a random order, drawn once per scene
+    python research/object_order.py --order cells      # no list: all nine cells, empty ones too, in raster order
+    python research/object_order.py --order cells --mapper grid-list --steps 1600   # a mapper that can make the list
 
-Captions only, 20,000 training scenes, 500 held-out scenes. Writes research/results/object_order/<order>-<steps>.json.
+`--order cells` hands over the detector's scores of every cell (its shape, colour and size probabilities, empty cells
+among them) with no list made of them: the object prefix maps them linearly, or `--mapper grid-list`
+(`frozen_prefix.GridListMapper`, notebook 04's label-free arm: an MLP on each cell, then one over all of them) has
+to learn which cell to hand over first. Captions only, 20,000 training scenes, 500 held-out scenes. Writes
+research/results/object_order/<order>[-grid-list]-<steps>.json.
 """
 
 import argparse
@@ -45,9 +51,16 @@ def reorder(lists: torch.Tensor, order: str, seed: int, max_objects: int = 4) ->
     return torch.cat([out.flatten(1), count], dim=1)
 
 
+def cell_probabilities(regions: torch.Tensor) -> torch.Tensor:
+    """The detector's region scores [N, 9, 20] as probabilities, attribute by attribute (empty is a shape)."""
+    return torch.cat([scores.softmax(dim=-1) for scores in regions.split(list(unimodal.CLASSES.values()), dim=-1)], dim=-1)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--order", choices=("caption", "reversed", "shuffled"), default="caption")
+    p.add_argument("--order", choices=("caption", "reversed", "shuffled", "cells"), default="caption")
+    p.add_argument("--mapper", choices=("object", "grid-list"), default="object",
+                   help="grid-list: only with --order cells (an MLP of 128 on each cell, then one of 512 over them)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -57,15 +70,25 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
     tok, lm = load_tokenizer(), load_language_model({"name": "tiny-lm", "sha256": None})
-    objects = unimodal.vision_tower({"tower": "objects", "name": "tiny-vit-detector-probe"})
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
     test = evalsets.generation_scenes(args.seed, args.n_eval)
-    x = reorder(features_of(objects, evalsets.images_of(scenes)), args.order, args.seed)
-    test_x = reorder(features_of(objects, evalsets.images_of(test)), args.order, args.seed + 1)
+    if args.order == "cells":
+        regions = unimodal.vision_tower({"tower": "regions", "name": "tiny-vit-detector-probe"})
+        x, test_x = (cell_probabilities(features_of(regions, evalsets.images_of(s))) for s in (scenes, test))  # [N, 9, 20]
+        if args.mapper == "object":
+            x, test_x = x.flatten(1), test_x.flatten(1)
+    else:
+        if args.mapper != "object":
+            p.error("--mapper grid-list reads cells: use it with --order cells")
+        objects = unimodal.vision_tower({"tower": "objects", "name": "tiny-vit-detector-probe"})
+        x = reorder(features_of(objects, evalsets.images_of(scenes)), args.order, args.seed)
+        test_x = reorder(features_of(objects, evalsets.images_of(test)), args.order, args.seed + 1)
 
     text = encode_texts(tok, [""] * len(scenes), [language.caption(s) for s in scenes], max_length=lm.max_len)
     torch.manual_seed(args.seed)
-    model = frozen_prefix.PrefixCaptioner(frozen_prefix.Config(mapper="object", in_dim=x.shape[1], k=3, lm=lm.ref), lm=lm)
+    config = frozen_prefix.Config(mapper=args.mapper, in_dim=x.shape[-1], n_tokens=x.shape[1] if x.ndim == 3 else 1, k=3,
+                                  dim=128, hidden=512, lm=lm.ref)
+    model = frozen_prefix.PrefixCaptioner(config, lm=lm)
     start = time.perf_counter()
     batches = StepBatches(range(len(scenes)), args.batch, indexed_collate(x, text, key="image_features"), seed=args.seed)
     fit(model, frozen_prefix.batch_loss, batches, steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
@@ -74,8 +97,9 @@ def main():
     r = evaluate.caption_scores(said, test)
     for s, c in list(zip(test, said))[:4]:
         print(repr(language.caption(s)), "->", repr(c))
-    save_result(__file__, f"{args.order}-{args.steps}", {
-        "order": args.order, "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+    mapper = "" if args.mapper == "object" else f"-{args.mapper}"
+    save_result(__file__, f"{args.order}{mapper}-{args.steps}", {
+        "order": args.order, "mapper": args.mapper, "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
         "exact": round(r["exact"], 4)})
 

@@ -83,7 +83,7 @@ def test_the_mlp_mapper_reads_only_the_first_token():
 
 
 @pytest.mark.parametrize("kwargs, name", [({"mapper": "cnn"}, "mapper"), ({"k": 0}, "k"), ({"in_dim": 0}, "in_dim"),
-                                          ({"hidden": 0}, "hidden")])
+                                          ({"hidden": 0}, "hidden"), ({"n_tokens": 0}, "n_tokens")])
 def test_bad_captioner_settings_are_refused_by_name(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}="):
         FP.Config(**kwargs)
@@ -270,6 +270,23 @@ def test_the_object_prefix_has_the_same_keys_for_every_image_and_values_from_its
     model = captioner(given_mapper=mapper, mapper="object", in_dim=76, k=3)
     said = generate_text(model, tok, objects, max_new_tokens=4)
     assert len(said) == 2
+
+
+def test_the_grid_list_mapper_reads_each_token_where_it_stands_into_the_object_prefix(tok):
+    torch.manual_seed(0)
+    model = captioner(mapper="grid-list", in_dim=8, n_tokens=4, k=3, dim=16, hidden=12)
+    assert isinstance(model.mapper, FP.GridListMapper) and model.mapper.deep
+    tokens = torch.randn(2, 4, 8)
+    kv = model.mapper(tokens)
+    assert kv.shape == (2, 2, 2, 3, 32)  # [B, layers, keys/values, k, D]
+    torch.testing.assert_close(kv[0, :, 0], kv[1, :, 0])  # the object prefix's keys: one set for all images
+    assert not torch.allclose(kv[0, :, 1], kv[1, :, 1])
+    swapped = tokens[:, [1, 0, 2, 3]]  # the same tokens, two of them trading places
+    assert not torch.allclose(model.mapper(swapped)[:, :, 1], kv[:, :, 1])  # where a token stands counts
+    before = checksum(model.lm)
+    first, last = train(model, caption_batch(tokens, encode_texts(tok, ["", ""], ["a red star", "a blue cube"], 12)), 80)
+    assert last < first - 0.2 and checksum(model.lm) == before
+    assert len(generate_text(model, tok, tokens, max_new_tokens=4)) == 2
 
 
 def test_caption_positions_restart_at_bos_and_put_the_prefix_at_zero():

@@ -15,7 +15,10 @@ THROUGH the frozen LM to reach the prefix; the LM's weights just never change. T
 - "linear" (Frozen's): every image token mapped linearly to one prefix vector, k = the number of tokens;
 - "deep": prefix-tuning (Li & Liang 2021) written by the image: k keys and values for EVERY layer's attention,
   which the frozen LM reads as if they were cached past tokens;
-- "object": the deep prefix notebook 04 ends with: constant keys, values a linear map of a detector's object list;
+- "object": the deep prefix notebook 04's upper bound reads: constant keys, values a linear map of a detector's
+  object list;
+- "grid-list": the same deep prefix on label-free image tokens: each token read by one shared MLP, then one MLP over
+  all of them, which can learn to hand the objects over in the order captions name them (no paper's mapper);
 - "qformer": BLIP-2's second stage (notebook 08): a Q-Former's query outputs, projected (`blip2.QueryPrefix`).
 
 An input prefix ([B, k, D]) goes in front of the text; a deep prefix ([B, L, 2, k, D]) goes into every layer's
@@ -41,7 +44,7 @@ from ..params import SavedConfig, require, require_positive_ints
 from ..protocols import caption_loss
 from ..unimodal import vision_tower
 
-MAPPERS = ("mlp", "transformer", "linear", "deep", "object", "qformer")
+MAPPERS = ("mlp", "transformer", "linear", "deep", "object", "grid-list", "qformer")
 
 
 class MLPMapper(nn.Module):
@@ -134,6 +137,26 @@ class ObjectPrefixMapper(nn.Module):
         return torch.stack([self.keys.expand(B, -1, -1, -1), values], dim=2)  # [B, L, 2, k, D]
 
 
+class GridListMapper(nn.Module):
+    """The object list's deep prefix learned from label-free image tokens: one MLP shared by the tokens reads what
+    each holds, a second MLP over all of them writes a list the prefix's values read (which object comes first,
+    second, ... is for it to learn from the captions). [B, n_tokens, in_dim] -> [B, n_layers, 2, k, lm_dim].
+    Introduced in notebook 04."""
+
+    deep = True
+
+    def __init__(self, in_dim: int, n_tokens: int, lm_dim: int, k: int, n_layers: int, cell_hidden: int = 128,
+                 hidden: int = 64, slot: int = 24):
+        super().__init__()
+        self.cell = nn.Sequential(nn.Linear(in_dim, cell_hidden), nn.GELU(), nn.Linear(cell_hidden, slot))
+        self.order = nn.Sequential(nn.Linear(n_tokens * slot, hidden), nn.GELU())
+        self.prefix = ObjectPrefixMapper(hidden, lm_dim, k, n_layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        slots = self.cell(tokens)  # [B, n_tokens, slot]: what each token holds
+        return self.prefix(self.order(slots.flatten(1)))  # [B, L, 2, k, lm_dim]
+
+
 class FreePrefix(nn.Module):
     """No image and no mapper: one freely trained prefix per caption, looked up by row number. Fitting it to
     the captions measures how far a prefix of that shape can steer the frozen LM at all (notebook 04's ceiling).
@@ -156,10 +179,11 @@ class Config(SavedConfig):
     mapper: str | None = "object"  # one of MAPPERS; None: a mapper of your own, given to the constructor
     in_dim: int = 76  # width of the image features the mapper reads (the object list: 4 x 18 + 4)
     k: int = 3  # prefix vectors of an input prefix ("linear": one per image token), or past positions per layer (deep)
-    hidden: int = 256  # the MLP mapper's hidden width
-    dim: int = 64  # the transformer mappers' width, depth and heads
+    hidden: int = 256  # the MLP mappers' hidden width ("grid-list": its MLP over all the tokens)
+    dim: int = 64  # the transformer mappers' width, depth and heads ("grid-list": its MLP on each token)
     depth: int = 1
     n_heads: int = 4
+    n_tokens: int = 10  # image tokens the "grid-list" mapper reads (CLIP's CLS and 9 patches)
     restart_positions: bool = True  # the text keeps positions 0, 1, ... after an input prefix (as the tiny LM read it)
     freeze_lm: bool = True  # False: the LM trains too (LLaVA's second stage)
     train_vision: bool = False  # True: the vision tower trains too (Frozen)
@@ -169,7 +193,7 @@ class Config(SavedConfig):
 
     def __post_init__(self):
         require(self.mapper in (*MAPPERS, None), "mapper", self.mapper, f"one of {MAPPERS}, or None for a mapper of your own")
-        require_positive_ints(self, ("in_dim", "k", "hidden", "dim", "depth", "n_heads"))
+        require_positive_ints(self, ("in_dim", "k", "hidden", "dim", "depth", "n_heads", "n_tokens"))
         require(self.mapper != "qformer" or self.qformer is not None, "qformer", self.qformer,
                 "a blip2.QFormerConfig as a dict, for mapper 'qformer'")
 
@@ -186,6 +210,8 @@ def build_mapper(config: Config, lm: LanguageModel) -> nn.Module:
         return LinearMapper(c.in_dim, lm.dim)
     if c.mapper == "deep":
         return DeepPrefixMapper(c.in_dim, lm.kv_dim, c.k, lm.n_layers, c.dim, c.depth, c.n_heads)
+    if c.mapper == "grid-list":
+        return GridListMapper(c.in_dim, c.n_tokens, lm.kv_dim, c.k, lm.n_layers, c.dim, c.hidden)
     if c.mapper == "qformer":
         from .blip2 import QFormer, QFormerConfig, QueryPrefix  # here: blip2 builds its stage 2 on this module
 
