@@ -67,7 +67,11 @@ def main():
     p.add_argument("--lm", default="tiny-lm")
     p.add_argument("--vision", default="clip", help="clip (notebook 02, no label) | detector (notebook 01, labels)")
     p.add_argument("--name", default=None)
+    p.add_argument("--questions", action="store_true", help="train on each scene's caption and one question (notebook "
+                   "04's texts) and measure VQA too: the arms that read CLIP's tokens")
     args = p.parse_args()
+    if args.questions and (args.arm not in ("mapl", "linear", "deep", "grid-list") or args.vision != "clip"):
+        p.error("--questions: only the arms that read CLIP's tokens (mapl, linear, deep, grid-list), --vision clip")
     torch.manual_seed(args.seed)
     tok = load_tokenizer()
     clip = zoo.load_model("clip-shapes")[0].eval().requires_grad_(args.arm == "frozen")  # only Frozen trains the tower
@@ -86,7 +90,15 @@ def main():
             return e if args.arm == "clipcap-mlp" else e[:, None]
         return torch.cat([clip.image_tower(to_float(c)).hidden for c in imgs.split(512)])
 
-    text = encode_texts(tok, [""] * len(scenes), [language.caption(s) for s in scenes], max_length=lm.max_len - args.k)
+    captions = [language.caption(s) for s in scenes]
+    rows = None  # the scene of every text, when a scene has more than one
+    if args.questions:
+        qas = [language.sample_vqa(s, 1, salt="train")[0] for s in scenes]
+        prompts, targets = [""] * len(scenes) + [qa.question for qa in qas], captions + [" " + qa.answer for qa in qas]
+        rows = torch.arange(len(scenes)).repeat(2)
+    else:
+        prompts, targets = [""] * len(scenes), captions
+    text = encode_texts(tok, prompts, targets, max_length=lm.max_len - args.k)
     D = clip.config.vision.dim
     if args.arm == "frozen":
         config = frozen_prefix.Config(mapper=None, in_dim=D, k=17, lm=lm.ref, train_vision=True)
@@ -101,11 +113,12 @@ def main():
         k = {"deep": 4, "grid-list": 3, "linear": x.shape[1]}.get(kind, args.k)  # linear: one prefix vector per token
         config = frozen_prefix.Config(mapper=kind, in_dim=in_dim, k=k, hidden=args.hidden, dim=args.dim, depth=args.depth,
                                       n_tokens=x.shape[1], lm=lm.ref)
-        model = frozen_prefix.PrefixCaptioner(config, lm=lm)
-        collate = indexed_collate(x, text, key="image_features")
+        tokens = unimodal.vision_tower({"tower": "clip", "name": "clip-shapes"}) if args.questions else None  # for VQA
+        model = frozen_prefix.PrefixCaptioner(config, lm=lm, vision=tokens)
+        collate = indexed_collate(x, text, key="image_features", rows=rows)
         test_in = feats(test_images)
     start = time.perf_counter()
-    fit(model, frozen_prefix.batch_loss, StepBatches(range(len(scenes)), args.batch, collate, seed=args.seed),
+    fit(model, frozen_prefix.batch_loss, StepBatches(range(len(targets)), args.batch, collate, seed=args.seed),
         steps=args.steps, lr=args.lr, seed=args.seed, progress=False)
     seconds = time.perf_counter() - start
     model.eval()
@@ -115,6 +128,7 @@ def main():
     r = evaluate.caption_scores(said, test)
     novel = evalsets.novel(test, scenes)  # test scenes whose graph no training scene has
     r_novel = evaluate.caption_scores([said[i] for i in novel], [test[i] for i in novel])
+    vqa = harness.suite(model, tok, "vqa", evalsets.SceneBench.build(args.seed, args.n_eval)) if args.questions else {}
     parts = {"vision": model.vision if args.arm == "frozen" else clip.image_tower, "mapper": model.mapper, "lm": lm}
     total = frozen.parameter_table(parts)[-1]
     for s, c in list(zip(test, said))[:4]:
@@ -124,7 +138,8 @@ def main():
         "hidden": args.hidden, "dim": args.dim, "depth": args.depth, "seed": args.seed, "lm": args.lm,
         "seconds": round(seconds, 1), "scene_f1": round(r["f1"], 4), "attr_f1": round(r["attr_f1"], 4),
         "exact": round(r["exact"], 4), "novel_scene_f1": round(r_novel["f1"], 4), "n_novel": len(novel),
-        "trainable_fraction": round(total["trainable"] / total["params"], 4)})
+        "trainable_fraction": round(total["trainable"] / total["params"], 4), "questions": args.questions,
+        **{key: round(value, 4) for key, value in vqa.items()}})
 
 
 if __name__ == "__main__":
