@@ -68,6 +68,8 @@ def main():
     p.add_argument("--n-eval", dest="n_eval", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.mapper != "object" and args.order != "cells":
+        p.error("--mapper grid-list reads cells: use it with --order cells")
     torch.manual_seed(args.seed)
     tok, lm = load_tokenizer(), load_language_model({"name": "tiny-lm", "sha256": None})
     scenes = shapes.ShapesWorld(seed=args.seed).scenes(args.n_train, "train")
@@ -78,8 +80,6 @@ def main():
         if args.mapper == "object":
             x, test_x = x.flatten(1), test_x.flatten(1)
     else:
-        if args.mapper != "object":
-            p.error("--mapper grid-list reads cells: use it with --order cells")
         objects = unimodal.vision_tower({"tower": "objects", "name": "tiny-vit-detector-probe"})
         x = reorder(features_of(objects, evalsets.images_of(scenes)), args.order, args.seed)
         test_x = reorder(features_of(objects, evalsets.images_of(test)), args.order, args.seed + 1)
