@@ -95,7 +95,8 @@ def main() -> None:
     suffix = f"-lora{args.lora_rank}-lr{args.lr2:g}" if args.lora_rank else ""
     suffix += f"-lmscale{args.lm_lr_scale:g}" if args.lm_lr_scale != 1 else ""
     suffix += f"-lr1_{args.lr1:g}" if args.lr1 != 3e-3 else ""
-    run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}-s2_{args.stage2_steps}{suffix}", args.seed,
+    run = args.run or run_name(args.tower, f"{args.data}-s1_{args.stage1_steps}x{args.batch1 or args.batch}"
+                               f"-s2_{args.stage2_steps}x{args.batch}{suffix}", args.seed,
                                args.scenes)
     save_result(__file__, run, {"args": vars(args), "scores": {k: round(v, 4) for k, v in scores.items() if k in keep or
                                                                k.startswith(("vqa_", "reasoning_"))},
