@@ -21,7 +21,7 @@ negatives of its own, the scene's negatives with the same words left out ("a sta
 circle left of a red star" and "a red star left of a circle"; `clip.left_out_with_negatives`), so that its half of
 the loss also asks for word order and binding. `--left-out-weight W` gives the left-out captions W of the loss (0.5:
 averaged). Writes
-research/results/negclip_negatives/[<clip>_]<draw>_<steps>_lr<lr>[_<kinds>][_leftout<P>[neg][_w<W>]]_seed<seed>.json."""
+research/results/negclip_negatives/[<clip>_]<draw>_<steps>_lr<lr>[_<kinds>][_leftout<P>[neg][_w<W>]][_b<batch>]_seed<seed>.json."""
 
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--draw", choices=("fixed", "per-visit"), default="fixed")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch", type=int, default=256, help="pairs per step (notebook 02: its BATCH_SIZE, 256)")
     parser.add_argument("--kinds", choices=sorted(language.NEGATIVE_SETS), default="all",
                         help="which hard negatives a scene keeps")
     parser.add_argument("--clip", default="clip-shapes",
@@ -115,7 +116,7 @@ def main():
         left_collate, whole_collate = indexed_collate(train.images, encode_texts(tok, left_out, max_length=40)), collate
         collate = lambda batch_items: whole_collate(batch_items) | {"left_out": left_collate([it["index"] for it in batch_items])}
         loss = negclip_and_left_out_loss(args.left_out_weight)
-    batches = StepBatches(items, 256, collate, seed=args.seed + 1)
+    batches = StepBatches(items, args.batch, collate, seed=args.seed + 1)
     model = zoo.load_model(args.clip)[0]
     start = time.perf_counter()
     fit(model, loss, batches, steps=args.steps, lr=args.lr, weight_decay=0.1, seed=args.seed,
@@ -128,7 +129,7 @@ def main():
     save_result(__file__, f"{start_name}{args.draw}_{args.steps}_lr{args.lr:g}{'_swaps' if args.kinds == 'swaps' else ''}"
                           f"{f'_leftout{args.left_out:g}' if args.left_out else ''}{'neg' if args.left_out_negatives else ''}"
                           f"{f'_w{args.left_out_weight:g}' if args.left_out and args.left_out_weight != 0.5 else ''}"
-                          f"_seed{args.seed}",
+                          f"{f'_b{args.batch}' if args.batch != 256 else ''}_seed{args.seed}",
                 {"args": vars(args), "train_s": round(seconds, 1), **{k: round(measured[k], 4) for k in keys}})
 
 
