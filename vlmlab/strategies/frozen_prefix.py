@@ -145,8 +145,8 @@ class GridListMapper(nn.Module):
 
     deep = True
 
-    def __init__(self, in_dim: int, n_tokens: int, lm_dim: int, k: int, n_layers: int, cell_hidden: int = 128,
-                 hidden: int = 64, slot: int = 24):
+    def __init__(self, in_dim: int, n_tokens: int, lm_dim: int, k: int, n_layers: int, cell_hidden: int, hidden: int,
+                 slot: int = 24):
         super().__init__()
         self.cell = nn.Sequential(nn.Linear(in_dim, cell_hidden), nn.GELU(), nn.Linear(cell_hidden, slot))
         self.order = nn.Sequential(nn.Linear(n_tokens * slot, hidden), nn.GELU())
