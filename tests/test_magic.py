@@ -72,6 +72,20 @@ def test_config_rejects_bad_values_by_name(bad):
         magic.Config(**bad)
 
 
+def test_clip_closes_each_candidate_text_with_one_eos(tok):
+    from test_viz_widgets import tiny_clip
+
+    clip_model, eos = tiny_clip(tok), tok.eos_token_id
+    image = clip_model.encode_image(torch.rand(1, 3, 32, 32) * 2 - 1)  # [1, E]
+    text = torch.tensor(tok.encode("a large red circle"))[None]  # [1, T]
+    ended, going_on = torch.cat([text, text.new_full((1, 1), eos)], 1), torch.cat([text, text[:, -1:]], 1)  # [1, T + 1]
+    texts = torch.cat([ended, going_on])  # two candidates: <eos>, and one more word
+    scores = magic.clip_match(clip_model, image, eos, k=2)(texts, torch.ones_like(texts))
+    for candidate, closed in zip(scores, (ended, torch.cat([going_on, ended[:, -1:]], 1))):
+        expected = clip_model.scale * (clip_model.encode_text(closed, torch.ones_like(closed)) * image).sum()
+        torch.testing.assert_close(candidate, expected)
+
+
 def test_scores_outside_the_candidates_are_minus_infinity(tiny_lm):
     lm = TinyLanguageModel(tiny_lm())
     proc, prompt = processor(lm, alpha=0.5, beta=1.0, k=3)

@@ -91,12 +91,14 @@ class MagicProcessor:
 
 def clip_match(clip, image_embeddings: torch.Tensor, eos_token_id: int, k: int) -> ImageMatch:
     """How well each candidate text matches its row's image, by notebook 02's CLIP: image_embeddings [B, E] (unit);
-    texts arrive as <bos> ... candidate (k rows per image), get their <eos>, and are scored scale * cosine."""
+    texts arrive as <bos> ... candidate (k rows per image), get their <eos> (a candidate that is <eos> has ended its
+    text already), and are scored scale * cosine."""
     images = image_embeddings.repeat_interleave(k, dim=0)  # [B*k, E]
 
     def match(texts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ids = torch.cat([texts, texts.new_full((len(texts), 1), eos_token_id)], dim=1)
-        return clip.scale * (clip.encode_text(ids, torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)) * images).sum(-1)
+        open_ended = (texts[:, -1:] != eos_token_id).to(mask.dtype)  # [B*k, 1]: 0 where the candidate ends the text
+        ids = torch.cat([texts, texts.new_full((len(texts), 1), eos_token_id)], dim=1)  # [B*k, T + 1]
+        return clip.scale * (clip.encode_text(ids, torch.cat([mask, open_ended], dim=1)) * images).sum(-1)
 
     return match
 
