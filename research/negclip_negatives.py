@@ -75,7 +75,8 @@ def main():
     parser.add_argument("--draw", choices=("fixed", "per-visit"), default="fixed")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--batch", type=int, default=256, help="pairs per step (notebook 02: its BATCH_SIZE, 256)")
+    parser.add_argument("--batch", type=int, default=256,
+                        help="pairs per step (notebook 02's NEGCLIP_BATCH: 128 on the cpu profile, 256 before)")
     parser.add_argument("--kinds", choices=sorted(language.NEGATIVE_SETS), default="all",
                         help="which hard negatives a scene keeps")
     parser.add_argument("--clip", default="clip-shapes",
