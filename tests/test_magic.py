@@ -19,9 +19,9 @@ def test_degeneration_penalty_is_the_highest_cosine_with_an_earlier_real_token()
     assert magic.degeneration_penalty(hidden, torch.tensor([[0, 1, 1]])).item() == pytest.approx(0.0)  # padding ignored
 
 
-def processor(lm, alpha, beta, match=None, k=4):
+def processor(lm, alpha, beta, match=None, k=4, top_p=1.0):
     prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
-    config = magic.Config(k=k, alpha=alpha, beta=beta)
+    config = magic.Config(k=k, alpha=alpha, beta=beta, top_p=top_p)
     match = match or (lambda texts, mask: torch.zeros(len(texts)))
     return magic.MagicProcessor(lm, prompt, torch.ones_like(prompt), match, config), prompt
 
@@ -66,7 +66,37 @@ def test_without_the_image_every_picture_gets_the_same_caption(tiny_zoo, tok):
     assert not any(p.requires_grad for p in model.parameters()) and magic.batch_loss is None
 
 
-@pytest.mark.parametrize("bad", [{"k": 0}, {"alpha": 1.5}, {"beta": -1.0}, {"max_new_tokens": 0}])
+def test_the_nucleus_holds_the_fewest_candidates_that_reach_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]])
+    assert magic.nucleus(probs, 0.9).tolist() == [[True, True, True, False], [True, False, False, False]]
+    assert magic.nucleus(probs, 0.8).tolist() == [[True, True, False, False], [True, False, False, False]]
+    assert magic.nucleus(probs, 1.0).all() and magic.nucleus(torch.tensor([[1.0, 0.0]]), 1.0).all()
+
+
+def test_the_image_votes_only_among_the_nucleus(tiny_lm):
+    lm = TinyLanguageModel(tiny_lm())
+    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    logits = lm(input_ids=prompt).logits[:, -1]
+    top = logits.softmax(dim=1).topk(4, dim=1)
+    top_p = (top.values[:, :2].sum(dim=1).min().item() + top.values[:, 0].max().item()) / 2  # one or two kept per row
+    kept = magic.nucleus(top.values, top_p)
+    outside = top.indices[:, 3]  # the "image" likes only the 4th candidate, which is never in this nucleus
+
+    def match(texts, mask):
+        return 50.0 * (texts[:, -1] == outside.repeat_interleave(4)).float()
+
+    scores = magic.MagicProcessor(lm, prompt, torch.ones_like(prompt), match,
+                                  magic.Config(k=4, alpha=0.0, beta=5.0, top_p=top_p))(prompt[:, :0], logits)
+    assert scores.isfinite().sum(dim=1).tolist() == kept.sum(dim=1).tolist()
+    expected = top.values + 5.0 * torch.zeros_like(top.values).masked_fill(~kept, -math.inf).softmax(dim=1)
+    torch.testing.assert_close(scores.gather(1, top.indices), expected.masked_fill(~kept, -math.inf))
+    assert torch.equal(scores.argmax(dim=1), top.indices[:, 0])  # an even vote inside: the LM's first choice
+    everything = processor(lm, alpha=0.0, beta=5.0, match=match)[0](prompt[:, :0], logits)  # top_p = 1: all four
+    assert torch.equal(everything.argmax(dim=1), outside)
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"alpha": 1.5}, {"beta": -1.0}, {"max_new_tokens": 0}, {"top_p": 0.0},
+                                 {"top_p": 1.5}])
 def test_config_rejects_bad_values_by_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         magic.Config(**bad)

@@ -9,8 +9,12 @@ At every step the LM proposes its k most likely next tokens; each candidate v is
     + beta * softmax_k(CLIP(image, text so far + v))        the image: which continuation CLIP finds closest to it
 
 and the best-scored candidate is taken. With beta = 0 it is contrastive search (Su et al., 2022, SimCTG): fluent text
-about nothing in particular. `MagicProcessor` is a logits processor for the workbook's one decoding loop
-(`vlmlab.generation.generate`, greedy): it leaves -inf everywhere but the k candidates, which get their MaGiC score.
+about nothing in particular. `top_p` < 1 cuts the k candidates to their nucleus (Holtzman et al., 2020), the fewest
+that hold top_p of the LM's probability: CLIP's softmax then votes only among continuations the LM finds plausible,
+and its vote is not spent on words the LM gives 0.001 (notebook 07, section 10). top_p = 1 is the paper's top k.
+
+`MagicProcessor` is a logits processor for the workbook's one decoding loop (`vlmlab.generation.generate`, greedy):
+it leaves -inf everywhere but the candidates, which get their MaGiC score.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ ImageMatch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (texts [B *
 
 @dataclass
 class Config(SavedConfig):
-    """`k` candidates per step, the weights `alpha` (degeneration penalty) and `beta` (the image), the `prompt` every
-    caption starts from, and the frozen parts' checkpoints ({"name", "sha256"}): the LM and notebook 02's CLIP."""
+    """`k` candidates per step, cut to the nucleus holding `top_p` of the LM's probability (1: all k, as the paper),
+    the weights `alpha` (degeneration penalty) and `beta` (the image), the `prompt` every caption starts from, and
+    the frozen parts' checkpoints ({"name", "sha256"}): the LM and notebook 02's CLIP."""
 
     k: int = 8
     alpha: float = 0.1
     beta: float = 1.0
+    top_p: float = 1.0
     prompt: str = "a picture of"
     max_new_tokens: int = 20
     lm: dict | None = None
@@ -53,6 +59,15 @@ class Config(SavedConfig):
                 "an integer >= 1")
         require(is_number(self.alpha) and 0 <= self.alpha <= 1, "alpha", self.alpha, "a number in [0, 1]")
         require(is_number(self.beta) and self.beta >= 0, "beta", self.beta, "a number >= 0")
+        require(is_number(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which of the candidates, their LM probabilities probs [B, k] sorted high to low, are in the nucleus: the
+    fewest that together hold top_p of the probability (the first always) -> bool [B, k]. Introduced in notebook 07."""
+    if top_p >= 1:
+        return torch.ones_like(probs, dtype=torch.bool)  # the paper's top k, whatever the rounding of the sums
+    return probs.cumsum(dim=-1) - probs < top_p
 
 
 def degeneration_penalty(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -65,8 +80,9 @@ def degeneration_penalty(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 class MagicProcessor:
     """The MaGiC score as a logits processor for greedy `generate`: (tokens so far [B, t], logits [B, V]) -> scores
-    [B, V], -inf but at each row's k candidates. It knows the prompt each row started from (ids and mask [B, T0],
-    left-padded) and how to match texts with the row's image (`image_match`, rows repeated k times)."""
+    [B, V], -inf but at each row's candidates (the k, or their nucleus). It knows the prompt each row started from
+    (ids and mask [B, T0], left-padded) and how to match texts with the row's image (`image_match`, rows repeated k
+    times)."""
 
     def __init__(self, lm: LanguageModel, prompt: torch.Tensor, prompt_mask: torch.Tensor, image_match: ImageMatch,
                  config: Config):
@@ -76,6 +92,7 @@ class MagicProcessor:
     def __call__(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         c, B = self.config, len(logits)
         top = logits.float().softmax(dim=-1).topk(c.k, dim=-1)  # values, indices [B, k]
+        kept = nucleus(top.values, c.top_p)  # [B, k]
         context = torch.cat([self.prompt, tokens], dim=1)  # [B, T]
         mask = torch.cat([self.prompt_mask, torch.ones_like(tokens)], dim=1)  # [B, T]
         texts = torch.cat([context.repeat_interleave(c.k, dim=0), top.indices.reshape(-1, 1)], dim=1)  # [B*k, T + 1]
@@ -85,7 +102,9 @@ class MagicProcessor:
             penalty = degeneration_penalty(self.lm.hidden_states(texts, texts_mask), texts_mask).view(B, c.k)
             score = score - c.alpha * penalty
         if c.beta > 0:
-            score = score + c.beta * self.image_match(texts, texts_mask).view(B, c.k).softmax(dim=-1)
+            votes = self.image_match(texts, texts_mask).view(B, c.k).masked_fill(~kept, -math.inf)  # [B, k]
+            score = score + c.beta * votes.softmax(dim=-1)  # CLIP votes among the kept candidates only
+        score = score.masked_fill(~kept, -math.inf)
         return torch.full_like(logits, -math.inf).scatter(1, top.indices, score.to(logits.dtype))
 
 
@@ -150,7 +169,7 @@ class Magic(FrozenParts):
     @torch.no_grad()
     def caption(self, tokenizer, images: torch.Tensor, batch_size: int = 100, **changes) -> list[str]:
         """Captions of uint8 images [N, 3, H, W], each the prompt and its continuation. `changes` override the
-        config for this call (k, alpha, beta, prompt, max_new_tokens)."""
+        config for this call (k, alpha, beta, top_p, prompt, max_new_tokens)."""
         c = Config(**{**self.config.to_dict(), **changes})
         device = self.clip.logit_scale.device
 
