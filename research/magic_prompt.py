@@ -31,7 +31,8 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
     tok = load_tokenizer()
-    model = magic.Magic(magic.Config(k=8, alpha=0.0, top_p=args.top_p), lm.load_language_model("tiny-lm"), zoo.load_model("clip-shapes")[0])
+    model = magic.Magic(magic.Config(k=8, alpha=0.0, top_p=args.top_p), lm.load_language_model("tiny-lm"),
+                        zoo.load_model("clip-shapes")[0])
     scenes = evalsets.generation_scenes(args.seed, args.n, "val")
     images = evalsets.images_of(scenes)
     f1 = {}
