@@ -75,7 +75,7 @@ def test_the_nucleus_holds_the_fewest_candidates_that_reach_top_p():
 
 def test_the_image_votes_only_among_the_nucleus(tiny_lm):
     lm = TinyLanguageModel(tiny_lm())
-    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    _, prompt = processor(lm, alpha=0.0, beta=0.0)
     logits = lm(input_ids=prompt).logits[:, -1]
     top = logits.softmax(dim=1).topk(4, dim=1)
     top_p = (top.values[:, :2].sum(dim=1).min().item() + top.values[:, 0].max().item()) / 2  # one or two kept per row
@@ -85,8 +85,7 @@ def test_the_image_votes_only_among_the_nucleus(tiny_lm):
     def match(texts, mask):
         return 50.0 * (texts[:, -1] == outside.repeat_interleave(4)).float()
 
-    scores = magic.MagicProcessor(lm, prompt, torch.ones_like(prompt), match,
-                                  magic.Config(k=4, alpha=0.0, beta=5.0, top_p=top_p))(prompt[:, :0], logits)
+    scores = processor(lm, alpha=0.0, beta=5.0, match=match, top_p=top_p)[0](prompt[:, :0], logits)
     assert scores.isfinite().sum(dim=1).tolist() == kept.sum(dim=1).tolist()
     expected = top.values + 5.0 * torch.zeros_like(top.values).masked_fill(~kept, -math.inf).softmax(dim=1)
     torch.testing.assert_close(scores.gather(1, top.indices), expected.masked_fill(~kept, -math.inf))
